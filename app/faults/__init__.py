@@ -1,0 +1,49 @@
+"""Named crash points for the crash matrix.
+
+``LEDGERFLOW_CRASH_AT=point[:nth][,point[:nth]...]`` makes the process exit with
+status 86 (``os._exit``: no cleanup, no flush, no transaction abort, like SIGKILL)
+the ``nth`` time (default 1) execution reaches ``crash_point(point)``. When the
+variable is unset, ``crash_point`` is a no-op function bound at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+CRASH_EXIT_CODE = 86
+ENV_VAR = "LEDGERFLOW_CRASH_AT"
+
+
+def _parse(spec: str) -> dict[str, int]:
+    targets: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, nth = item.partition(":")
+        targets[name] = int(nth) if nth else 1
+    return targets
+
+
+def _make(spec: str | None) -> Callable[[str], None]:
+    if not spec:
+
+        def noop(point: str) -> None:
+            return None
+
+        return noop
+    targets = _parse(spec)
+    hits: dict[str, int] = {}
+
+    def crash(point: str) -> None:
+        if point not in targets:
+            return
+        hits[point] = hits.get(point, 0) + 1
+        if hits[point] == targets[point]:
+            sys.stderr.write(f"ledgerflow: crash point {point} hit #{hits[point]}, exiting\n")
+            sys.stderr.flush()
+            os._exit(CRASH_EXIT_CODE)
+
+    return crash
+
+
+crash_point: Callable[[str], None] = _make(os.environ.get(ENV_VAR))

@@ -1,0 +1,127 @@
+"""Admin operations: topic state for topics-as-code, offsets for recovery and checks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    OffsetSpec,
+)
+
+log = logging.getLogger("ledgerflow.kafka")
+_DYNAMIC_TOPIC_CONFIG = 1  # librdkafka ConfigSource: set on the topic itself
+
+
+class Admin:
+    """Synchronous wrapper over ``AdminClient``; every call waits for its result."""
+
+    def __init__(self, bootstrap: str, extra: Mapping[str, Any] | None = None) -> None:
+        conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log}
+        conf.update(extra or {})
+        self._a = AdminClient(conf)
+
+    # -- topics ----------------------------------------------------------------
+    def describe_topics(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """name -> (partitions, replication factor) for the topics that exist."""
+        meta = self._a.list_topics(timeout=15)
+        out: dict[str, tuple[int, int]] = {}
+        for name in names:
+            t = meta.topics.get(name)
+            if t is None or t.error is not None or not t.partitions:
+                continue
+            rf = len(next(iter(t.partitions.values())).replicas)
+            out[name] = (len(t.partitions), rf)
+        return out
+
+    def non_default_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Topic configs set explicitly on the topic (not broker/static defaults)."""
+        if not names:
+            return {}
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+        futures = self._a.describe_configs(resources, request_timeout=15)
+        out: dict[str, dict[str, str]] = {}
+        for res, fut in futures.items():
+            entries = fut.result()
+            out[res.name] = {
+                k: str(v.value) for k, v in entries.items() if int(v.source) == _DYNAMIC_TOPIC_CONFIG
+            }
+        return out
+
+    def create_topic(
+        self, name: str, partitions: int, replication_factor: int, configs: Mapping[str, str]
+    ) -> None:
+        fut = self._a.create_topics(
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    config=dict(configs),
+                )
+            ],
+            request_timeout=30,
+        )[name]
+        fut.result()
+
+    def alter_config(self, name: str, key: str, value: str) -> None:
+        res = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            name,
+            incremental_configs=[ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)],
+        )
+        for fut in self._a.incremental_alter_configs([res]).values():
+            fut.result()
+
+    def add_partitions(self, name: str, total: int) -> None:
+        self._a.create_partitions([NewPartitions(name, total)])[name].result()
+
+    def delete_topics(self, names: Sequence[str]) -> None:
+        if names:
+            for fut in self._a.delete_topics(list(names), operation_timeout=30).values():
+                try:
+                    fut.result()
+                except KafkaException as exc:
+                    log.warning("delete topic: %s", exc)
+
+    # -- offsets ---------------------------------------------------------------
+    def end_offsets(
+        self, partitions: Sequence[tuple[str, int]], *, committed_only: bool = False
+    ) -> dict[tuple[str, int], int]:
+        """High watermark (or the last stable offset with ``committed_only``) per partition."""
+        if not partitions:
+            return {}
+        level = IsolationLevel.READ_COMMITTED if committed_only else IsolationLevel.READ_UNCOMMITTED
+        req = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
+        futs = self._a.list_offsets(req, isolation_level=level, request_timeout=15)
+        return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futs.items()}
+
+    def partitions_of(self, topic: str) -> list[int]:
+        meta = self._a.list_topics(topic, timeout=15)
+        t = meta.topics.get(topic)
+        if t is None or t.error is not None:
+            raise KeyError(f"topic {topic!r} does not exist")
+        return sorted(t.partitions)
+
+    def group_offsets(
+        self, group: str, partitions: Sequence[tuple[str, int]] | None = None
+    ) -> dict[tuple[str, int], int]:
+        """Committed next-offset per partition of ``group`` (partitions without one omitted)."""
+        tps = [TopicPartition(t, p) for t, p in partitions] if partitions else None
+        req = ConsumerGroupTopicPartitions(group, tps)
+        fut = self._a.list_consumer_group_offsets([req], require_stable=True, request_timeout=15)[group]
+        res = fut.result()
+        return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions if tp.offset >= 0}

@@ -1,0 +1,363 @@
+"""Thin typed clients over confluent-kafka: a transactional producer and a
+read_committed batch consumer. The rest of ledgerflow sees ``InRecord`` tuples and
+``(topic, partition)`` pairs, never a confluent-kafka object.
+
+Both clients take librdkafka settings verbatim (``extra``) on top of ledgerflow's
+defaults, so SASL/SSL and tuning pass straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from app.kafka.errors import AbortableKafkaError, classify
+
+log = logging.getLogger("ledgerflow.kafka")
+
+Headers = list[tuple[str, bytes]]
+TP = tuple[str, int]
+
+
+class InRecord(NamedTuple):
+    """One consumed record, detached from librdkafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None
+    timestamp_ms: int | None
+
+
+class TxnProducer:
+    """Transactional producer. Every method raises only ``app.kafka.errors`` classes."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        transactional_id: str,
+        *,
+        transaction_timeout_ms: int = 30_000,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": transaction_timeout_ms,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "compression.type": "lz4",
+            "logger": log,
+        }
+        conf.update(extra or {})
+        self.transactional_id = transactional_id
+        self._p = Producer(conf)
+        self._produce = self._p.produce
+
+    def _call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except KafkaException as exc:
+            raise classify(op, exc) from exc
+
+    def init(self, timeout: float = 60.0) -> None:
+        """Register the transactional.id: fences older instances and aborts their open transaction."""
+        self._call("init_transactions", self._p.init_transactions, timeout)
+
+    def begin(self) -> None:
+        self._call("begin_transaction", self._p.begin_transaction)
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int = -1,
+    ) -> None:
+        """Queue one record in the open transaction, waiting for queue space if full."""
+        while True:
+            try:
+                self._produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:
+                self._p.poll(0.05)
+            except KafkaException as exc:
+                raise classify("produce", exc) from exc
+
+    def produce_batch(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        keys: Sequence[bytes | None],
+        headers: Headers | None = None,
+    ) -> None:
+        """Queue many records (hot path: one Python loop, no per-record wrapper calls)."""
+        produce = self._produce
+        try:
+            for value, key in zip(values, keys, strict=True):
+                try:
+                    produce(topic, value, key, headers=headers)
+                except BufferError:
+                    self._p.poll(0.05)
+                    self.produce(topic, value, key, headers)
+        except KafkaException as exc:
+            raise classify("produce", exc) from exc
+        self._p.poll(0)
+
+    def send_offsets(self, offsets: Iterable[tuple[str, int, int]], consumer: BatchConsumer) -> None:
+        """Add next-offsets to the transaction with the consumer's *current* group metadata."""
+        tps = [TopicPartition(t, p, o) for t, p, o in offsets]
+        if not tps:
+            return
+        meta = consumer.group_metadata()
+        self._call("send_offsets_to_transaction", self._p.send_offsets_to_transaction, tps, meta, 30.0)
+
+    def commit(self, timeout: float = 60.0) -> None:
+        self._call("commit_transaction", self._p.commit_transaction, timeout)
+
+    def abort(self, timeout: float = 60.0) -> None:
+        self._call("abort_transaction", self._p.abort_transaction, timeout)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return int(self._p.flush(timeout))
+
+
+class BatchConsumer:
+    """read_committed consumer with manual offsets; commits happen only through a
+    producer transaction (``TxnProducer.send_offsets``)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        on_assign: Callable[[list[TP]], None] | None = None,
+        on_revoke: Callable[[list[TP], bool], None] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 50,
+            "queued.max.messages.kbytes": 262_144,
+            "logger": log,
+        }
+        conf.update(extra or {})
+        self.group_id = group_id
+        self._c = Consumer(conf)
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        def assign_cb(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            if self._on_assign is not None:
+                self._on_assign([(tp.topic, tp.partition) for tp in parts])
+
+        def revoke_cb(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            if self._on_revoke is not None:
+                self._on_revoke([(tp.topic, tp.partition) for tp in parts], False)
+
+        def lost_cb(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            if self._on_revoke is not None:
+                self._on_revoke([(tp.topic, tp.partition) for tp in parts], True)
+
+        self._c.subscribe(list(topics), on_assign=assign_cb, on_revoke=revoke_cb, on_lost=lost_cb)
+
+    def consume(self, max_records: int, timeout: float) -> list[InRecord]:
+        """Up to ``max_records`` committed records; raises on a non-transient consumer error."""
+        msgs: list[Any] = self._c.consume(max_records, timeout)
+        out: list[InRecord] = []
+        append = out.append
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.retriable() or not err.fatal():
+                    log.warning("consumer: %s", err.str())
+                    continue
+                raise classify("consume", KafkaException(err))
+            ts_type, ts = m.timestamp()
+            append(
+                InRecord(
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    m.value(),
+                    m.headers(),
+                    ts if ts_type else None,
+                )
+            )
+        return out
+
+    def group_metadata(self) -> object:
+        return self._c.consumer_group_metadata()
+
+    def assignment(self) -> list[TP]:
+        return [(tp.topic, tp.partition) for tp in self._c.assignment()]
+
+    def committed(self, partitions: Sequence[TP], timeout: float = 30.0) -> dict[TP, int | None]:
+        """Committed next-offset per partition (None when the group has none). Waits for
+        pending transactional offset commits to resolve (read_committed)."""
+        if not partitions:
+            return {}
+        try:
+            tps = self._c.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout)
+        except KafkaException as exc:
+            raise classify("committed", exc) from exc
+        return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in tps}
+
+    def seek(self, topic: str, partition: int, offset: int | None) -> None:
+        """Move the fetch position; None means the beginning of the partition."""
+        target = OFFSET_BEGINNING if offset is None else offset
+        try:
+            self._c.seek(TopicPartition(topic, partition, target))
+        except KafkaException as exc:
+            # A partition assigned in this very poll has no fetch state yet; re-assigning
+            # it at the wanted offset is the documented way to position it.
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError._STATE:
+                self._c.incremental_unassign([TopicPartition(topic, partition)])
+                self._c.incremental_assign([TopicPartition(topic, partition, target)])
+                return
+            raise AbortableKafkaError("seek", -1, "SEEK", str(exc)) from exc
+
+    def rewind_to_committed(self, partitions: Sequence[TP] | None = None) -> dict[TP, int | None]:
+        """Seek every (given or assigned) partition back to its committed offset."""
+        parts = list(partitions) if partitions is not None else self.assignment()
+        committed = self.committed(parts)
+        for (t, p), off in committed.items():
+            self.seek(t, p, off)
+        return committed
+
+    def position(self, partitions: Sequence[TP]) -> dict[TP, int | None]:
+        tps = self._c.position([TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): (tp.offset if tp.offset != OFFSET_INVALID else None) for tp in tps}
+
+    def end_offsets(self, partitions: Sequence[TP], timeout: float = 10.0) -> dict[TP, int]:
+        """Last stable offset per partition (read_committed: ends before open transactions)."""
+        out: dict[TP, int] = {}
+        for t, p in partitions:
+            _low, high = self._c.get_watermark_offsets(TopicPartition(t, p), timeout=timeout, cached=False)
+            out[(t, p)] = high
+        return out
+
+    def pause(self, partitions: Sequence[TP]) -> None:
+        self._c.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: Sequence[TP]) -> None:
+        self._c.resume([TopicPartition(t, p) for t, p in partitions])
+
+    def close(self) -> None:
+        try:
+            self._c.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close: %s", exc)
+
+
+def read_topic_to_end(
+    bootstrap: str,
+    topic: str,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> list[InRecord]:
+    """Read every committed record of ``topic`` (all partitions) up to the high
+    watermark observed at the start, without joining a consumer group.
+
+    Reading to the *high* watermark (not the last stable offset) means any
+    transaction already pending when the call starts is resolved before it returns,
+    so a committed transaction is never missed because its markers were in flight.
+    """
+    import time
+    import uuid
+
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"ledgerflow-reader-{uuid.uuid4().hex}",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "logger": log,
+    }
+    conf.update(extra or {})
+    c = Consumer(conf)
+    try:
+        meta = c.list_topics(topic, timeout=10)
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise KeyError(f"topic {topic!r} does not exist")
+        from app.kafka.admin import Admin
+
+        highs = Admin(bootstrap, extra).end_offsets([(topic, p) for p in tmeta.partitions])
+        targets = {p: high for (_t, p), high in highs.items() if high > 0}
+        if not targets:
+            return []
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in targets])
+        out: list[InRecord] = []
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < len(targets):
+            if time.monotonic() > deadline:
+                missing = {p: targets[p] for p in targets if p not in done}
+                raise TimeoutError(
+                    f"reading {topic} to its end timed out (open transaction?); waiting for {missing}"
+                )
+            batch: list[Any] = c.consume(10_000, 0.5)
+            for m in batch:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        # EOF at the LSO; done only once the position passed the target
+                        pos: Any = c.position([TopicPartition(topic, m.partition())])[0].offset
+                        if pos >= targets[m.partition()]:
+                            done.add(m.partition())
+                        continue
+                    raise classify("consume", KafkaException(err))
+                ts_type, ts = m.timestamp()
+                out.append(
+                    InRecord(
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.value(),
+                        m.headers(),
+                        ts if ts_type else None,
+                    )
+                )
+                if m.offset() + 1 >= targets[m.partition()]:
+                    done.add(m.partition())
+            # control records at the tail never surface; position tells the truth
+            positions: list[Any] = c.position([TopicPartition(topic, p) for p in targets if p not in done])
+            for tp in positions:
+                if tp.offset >= targets[tp.partition]:
+                    done.add(tp.partition)
+        return out
+    finally:
+        c.close()

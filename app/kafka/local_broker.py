@@ -1,0 +1,451 @@
+"""A real single-node Apache Kafka broker that ledgerflow assembles and starts itself.
+
+No Docker engine is needed: the broker, its operator tools and a logging backend are
+resolved from Maven Central with ``deploy/kafka/pom.xml`` into a cache directory that
+is reused across runs, KRaft storage is formatted once (standalone controller), and
+``kafka.Kafka`` runs as one combined broker+controller on loopback with transactions
+enabled on a single node (replication factor 1 for the offsets and transaction state
+topics, ``transaction.state.log.min.isr=1``).
+
+State of a running broker is kept in ``<data_dir>/broker.json`` (pid, ports, version),
+so ``up`` is idempotent and ``down`` stops exactly the process it started
+(SIGTERM, then SIGKILL after a timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+DEFAULT_VERSION = "4.3.1"  # newest 4.x with both kafka_2.13 and kafka-tools on Maven Central
+DEFAULT_PORT = 19092
+DEFAULT_HEAP_MB = 512
+
+TOOLS = {
+    "topics": "org.apache.kafka.tools.TopicCommand",
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "transactions": "org.apache.kafka.tools.TransactionsCommand",
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "producer-perf": "org.apache.kafka.tools.ProducerPerformance",
+    "consumer-perf": "org.apache.kafka.tools.ConsumerPerformance",
+    "copier": "org.apache.kafka.tools.TransactionalMessageCopier",
+    "get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+}
+
+_LOG4J2 = """status = warn
+appender.out.type = {kind}
+appender.out.name = OUT
+{target}appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.out.ref = OUT
+logger.kafka.name = kafka
+logger.kafka.level = {level}
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+class BrokerError(RuntimeError):
+    """A local broker operation failed; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    pid: int
+    port: int
+    controller_port: int
+    version: str
+    data_dir: str
+    log_file: str
+    started_at: float
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def cache_dir() -> Path:
+    """Where resolved jars live (``LEDGERFLOW_CACHE`` or ``~/.cache/ledgerflow``)."""
+    env = os.environ.get("LEDGERFLOW_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "ledgerflow"
+
+
+def kafka_version() -> str:
+    return os.environ.get("LEDGERFLOW_KAFKA_VERSION", DEFAULT_VERSION)
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        hint = "a Java 17+ runtime" if tool == "java" else "Apache Maven"
+        raise BrokerError(f"`{tool}` is not on PATH: the local Kafka broker needs {hint}")
+    return path
+
+
+def resolve_jars(version: str | None = None, *, quiet: bool = False) -> Path:
+    """Return the directory holding the broker + tools jars, resolving them if needed.
+
+    Resolution runs Maven once per version; a ``.complete`` marker makes later calls
+    free. A partial download (interrupted run) is redone.
+    """
+    version = version or kafka_version()
+    libs = cache_dir() / f"kafka-{version}" / "libs"
+    marker = libs.parent / ".complete"
+    if marker.exists():
+        return libs
+    mvn = _require("mvn")
+    if libs.exists():
+        shutil.rmtree(libs)
+    libs.mkdir(parents=True)
+    if not quiet:
+        print(
+            f"ledgerflow: resolving Apache Kafka {version} jars from Maven Central ...",
+            file=sys.stderr,
+        )
+    started = time.monotonic()
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-Dkafka.version={version}",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BrokerError(
+            f"Maven could not resolve Apache Kafka {version}:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}"
+        )
+    if not any(libs.glob("kafka_2.13-*.jar")) or not any(libs.glob("kafka-tools-*.jar")):
+        raise BrokerError(f"Maven finished but {libs} lacks kafka_2.13 or kafka-tools jars")
+    marker.write_text(f"{version}\n{time.monotonic() - started:.1f}s\n")
+    if not quiet:
+        print(
+            f"ledgerflow: resolved in {time.monotonic() - started:.1f}s into {libs}",
+            file=sys.stderr,
+        )
+    return libs
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child we started is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def answers_metadata(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when a broker at ``bootstrap`` answers a metadata request."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _quiet_logger()})
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return bool(meta.brokers)
+
+
+def _quiet_logger() -> object:
+    import logging
+
+    logger = logging.getLogger("ledgerflow.kafka.probe")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+class LocalBroker:
+    """One local broker bound to a data directory and a pair of loopback ports."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = DEFAULT_PORT,
+        controller_port: int | None = None,
+        heap_mb: int = DEFAULT_HEAP_MB,
+        version: str | None = None,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port
+        self.controller_port = controller_port or port + 1
+        self.heap_mb = heap_mb
+        self.version = version or kafka_version()
+        self.state_file = self.data_dir / "broker.json"
+        self.log_file = self.data_dir / "broker.log"
+
+    # -- state -----------------------------------------------------------------
+    def state(self) -> BrokerState | None:
+        """The recorded state if its process is still alive, else None."""
+        try:
+            raw = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        state = BrokerState(**raw)
+        return state if _pid_alive(state.pid) else None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # -- lifecycle -------------------------------------------------------------
+    def up(self, *, timeout: float = 90.0) -> tuple[BrokerState, bool]:
+        """Start the broker unless it already runs; returns (state, started_now)."""
+        running = self.state()
+        if running is not None and answers_metadata(running.bootstrap):
+            return running, False
+        if running is not None:  # alive but not answering: still starting, or wedged
+            if self._wait_ready(running, timeout):
+                return running, False
+            raise BrokerError(
+                f"broker pid {running.pid} is running but not answering on {running.bootstrap}; "
+                f"see {self.log_file} or run `ledgerflow kafka down`"
+            )
+        java = _require("java")
+        for p in (self.port, self.controller_port):
+            if not port_free(p):
+                raise BrokerError(
+                    f"port {p} on 127.0.0.1 is already taken by another process; "
+                    "choose other ports with --port (LEDGERFLOW_KAFKA_PORT) or stop that process"
+                )
+        libs = resolve_jars(self.version)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self._write_config()
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            self._format(java, libs, props)
+        cmd = [
+            java,
+            f"-Xms{self.heap_mb}m",
+            f"-Xmx{self.heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(props),
+        ]
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        state = BrokerState(
+            pid=proc.pid,
+            port=self.port,
+            controller_port=self.controller_port,
+            version=self.version,
+            data_dir=str(self.data_dir),
+            log_file=str(self.log_file),
+            started_at=time.time(),
+        )
+        self.state_file.write_text(json.dumps(asdict(state)))
+        if not self._wait_ready(state, timeout, proc):
+            self.down()
+            raise BrokerError(
+                f"broker did not answer within {timeout:.0f}s; last log lines:\n{self.tail(30)}"
+            )
+        return state, True
+
+    def _wait_ready(
+        self, state: BrokerState, timeout: float, proc: subprocess.Popen[bytes] | None = None
+    ) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise BrokerError(
+                    f"broker exited with status {proc.returncode}; last log lines:\n{self.tail(30)}"
+                )
+            if answers_metadata(state.bootstrap, timeout=1.0):
+                return True
+            time.sleep(0.3)
+        return False
+
+    def down(self, *, timeout: float = 30.0) -> bool:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); True if one was running."""
+        state = self.state()
+        if state is None:
+            self.state_file.unlink(missing_ok=True)
+            return False
+        _terminate(state.pid, timeout)
+        self.state_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the broker (fault injection: a hard broker bounce)."""
+        state = self.state()
+        if state is not None:
+            os.kill(state.pid, signal.SIGKILL)
+            _wait_gone(state.pid, 30)
+
+    def tail(self, lines: int = 50) -> str:
+        try:
+            data = self.log_file.read_bytes()[-200_000:]
+        except OSError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+    # -- tools -----------------------------------------------------------------
+    def tool_command(self, tool: str, args: Sequence[str], bootstrap: str | None = None) -> list[str]:
+        """The java command line running one of Kafka's operator tools against a broker."""
+        if tool not in TOOLS:
+            raise BrokerError(f"unknown tool {tool!r}; choose one of {', '.join(sorted(TOOLS))}")
+        java = _require("java")
+        libs = resolve_jars(self.version)
+        quiet = cache_dir() / "tools-log4j2.properties"
+        if not quiet.exists():
+            quiet.parent.mkdir(parents=True, exist_ok=True)
+            quiet.write_text(
+                _LOG4J2.format(kind="Console", target="appender.out.target = SYSTEM_ERR\n", level="WARN")
+            )
+        argv = list(args)
+        if not any(a in ("--bootstrap-server", "--broker-list") for a in argv):
+            argv = ["--bootstrap-server", bootstrap or self.bootstrap, *argv]
+        return [
+            java,
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={quiet}",
+            "-cp",
+            f"{libs}/*",
+            TOOLS[tool],
+            *argv,
+        ]
+
+    # -- internals -------------------------------------------------------------
+    def _write_config(self) -> Path:
+        props = self.data_dir / "server.properties"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                    f"log.dirs={self.data_dir / 'logs'}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=10",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "transaction.state.log.num.partitions=10",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "log.cleaner.backoff.ms=5000",
+                    "transaction.remove.expired.transaction.cleanup.interval.ms=60000",
+                    "transaction.abort.timed.out.transaction.cleanup.interval.ms=5000",
+                    "",
+                ]
+            )
+        )
+        (self.data_dir / "log4j2.properties").write_text(
+            _LOG4J2.format(kind="Console", target="appender.out.target = SYSTEM_OUT\n", level="INFO")
+        )
+        return props
+
+    def _format(self, java: str, libs: Path, props: Path) -> None:
+        base = [
+            java,
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+        ]
+        cp = ["-cp", f"{libs}/*", "kafka.tools.StorageTool"]
+        uuid = subprocess.run([*base, *cp, "random-uuid"], capture_output=True, text=True, check=True)
+        cluster_id = uuid.stdout.strip().splitlines()[-1]
+        fmt = subprocess.run(
+            [*base, *cp, "format", "-t", cluster_id, "-c", str(props), "--standalone"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fmt.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if not _wait_gone(pid, timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        _wait_gone(pid, 10)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _pid_alive(pid)
+
+
+def default_broker() -> LocalBroker:
+    """The broker the main job uses when ``KAFKA_BOOTSTRAP_SERVERS`` is not set."""
+    data_dir = Path(os.environ.get("LEDGERFLOW_KAFKA_DATA", ".ledgerflow/kafka"))
+    port = int(os.environ.get("LEDGERFLOW_KAFKA_PORT", DEFAULT_PORT))
+    return LocalBroker(data_dir, port=port)
+
+
+def ensure_bootstrap(explicit: str | None = None) -> str:
+    """Bootstrap servers to use: ``explicit``, else ``KAFKA_BOOTSTRAP_SERVERS``,
+    else the local broker (started now if it is not running)."""
+    if explicit:
+        return explicit
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        return env
+    broker = default_broker()
+    state, started = broker.up()
+    if started:
+        print(f"ledgerflow: started local Kafka {state.version} on {state.bootstrap}", file=sys.stderr)
+    return state.bootstrap

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv and installs ledgerflow with its dev extras; re-runs pip only when
+# pyproject.toml changed. Resolves the Kafka jars (Maven Central) into the cache.
+# Used by `make demo`, `make test` and .ci/run: nothing needs installing by hand.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ledgerflow-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing Python packages (pip install -e '.[dev]')" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  .venv/bin/python -m pip install -q -e '.[dev]' >&2
+  echo "$want" > "$stamp"
+fi
+for tool in java mvn; do
+  command -v "$tool" >/dev/null || { echo "bootstrap: $tool is required (Java 17+ and Maven)" >&2; exit 1; }
+done
+.venv/bin/ledgerflow kafka resolve >&2

@@ -1,0 +1,75 @@
+"""Transactions on the real broker: the semantics the whole commit seam relies on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from app.kafka.admin import Admin
+from app.kafka.clients import TxnProducer, read_topic_to_end
+from app.kafka.errors import FatalKafkaError
+from tests.conftest import KafkaEnv
+
+pytestmark = pytest.mark.integration
+
+
+def _topic(kafka: KafkaEnv, name: str, partitions: int = 1) -> str:
+    Admin(kafka.bootstrap).create_topic(name, partitions, 1, {})
+    return name
+
+
+def test_committed_visible_aborted_invisible(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
+    topic = _topic(kafka, unique("txn"))
+    producer = TxnProducer(kafka.bootstrap, unique("tx-a"))
+    producer.init()
+    producer.begin()
+    producer.produce_batch(topic, [b"c1", b"c2"], [b"k", b"k"])
+    producer.commit()
+    producer.begin()
+    producer.produce_batch(topic, [b"a1", b"a2", b"a3"], [None, None, None])
+    producer.flush()  # make sure the aborted records reach the log before the abort
+    producer.abort()
+    producer.begin()
+    producer.produce(topic, b"c3")
+    producer.commit()
+
+    values = [r.value for r in read_topic_to_end(kafka.bootstrap, topic)]
+    assert values == [b"c1", b"c2", b"c3"]
+    # 2 + marker, 3 aborted + marker, 1 + marker: aborted data occupies offsets
+    assert Admin(kafka.bootstrap).end_offsets([(topic, 0)])[(topic, 0)] == 9
+
+
+def test_same_transactional_id_fences_the_first(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
+    topic = _topic(kafka, unique("fence"))
+    txn_id = unique("tx-shared")
+    first = TxnProducer(kafka.bootstrap, txn_id)
+    first.init()
+    first.begin()
+    first.produce(topic, b"zombie")
+    first.flush()
+
+    second = TxnProducer(kafka.bootstrap, txn_id)
+    second.init()  # aborts the first one's open transaction
+    second.begin()
+    second.produce(topic, b"owner")
+    second.commit()
+
+    with pytest.raises(FatalKafkaError) as info:
+        first.commit()
+    assert info.value.fenced
+    assert [r.value for r in read_topic_to_end(kafka.bootstrap, topic)] == [b"owner"]
+
+
+def test_open_transaction_is_invisible_until_commit(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
+    topic = _topic(kafka, unique("open"))
+    producer = TxnProducer(kafka.bootstrap, unique("tx-open"))
+    producer.init()
+    producer.begin()
+    producer.produce(topic, b"pending")
+    producer.flush()
+    admin = Admin(kafka.bootstrap)
+    assert admin.end_offsets([(topic, 0)], committed_only=True)[(topic, 0)] == 0
+    assert admin.end_offsets([(topic, 0)])[(topic, 0)] == 1
+    producer.commit()
+    assert [r.value for r in read_topic_to_end(kafka.bootstrap, topic)] == [b"pending"]
