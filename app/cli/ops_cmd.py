@@ -1,0 +1,117 @@
+"""Operator views: `ledgerflow journal tail` and `ledgerflow inspect`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from app.config.pipeline import load_pipeline, resolve_bootstrap
+from app.config.yamlsrc import SpecError
+from app.journal.events import decode_event
+from app.journal.reader import load_journal
+from app.kafka.admin import Admin
+from app.kafka.clients import BatchConsumer
+from app.kafka.local_broker import ensure_bootstrap
+from app.runtime.stage import group_id
+from app.sinks.files import FilePartWriter
+
+
+@click.group("journal")
+def journal_group() -> None:
+    """Read the pipeline's journal (committed durability events)."""
+
+
+@journal_group.command("tail")
+@click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@click.option("--compacted", is_flag=True, help="Only the latest event per key.")
+def tail_cmd(pipeline: str, follow: bool, compacted: bool) -> None:
+    """Print decoded journal events, one JSON object per line."""
+    try:
+        spec = load_pipeline(Path(pipeline))
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
+    if compacted:
+        for ev in load_journal(bootstrap, spec.journal).values():
+            click.echo(json.dumps(asdict(ev), default=str))
+        return
+    consumer = BatchConsumer(bootstrap, f"ledgerflow-journal-tail-{time.time_ns()}")
+    consumer.subscribe([spec.journal])
+    idle = 0
+    try:
+        while follow or idle < 10:
+            recs = consumer.consume(1000, 0.3)
+            idle = 0 if recs else idle + 1
+            for rec in recs:
+                if rec.value is None:
+                    click.echo(json.dumps({"key": (rec.key or b"").decode(), "tombstone": True}))
+                    continue
+                ev = decode_event(rec.value)
+                click.echo(json.dumps({"offset": rec.offset, **asdict(ev)}, default=str))
+    finally:
+        consumer.close()
+
+
+@click.command("inspect")
+@click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
+def inspect_cmd(pipeline: str) -> None:
+    """Per sink partition: committed offset, end offset, last committed/finalized part,
+    staging leftovers; DLQ size."""
+    try:
+        spec = load_pipeline(Path(pipeline))
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
+    admin = Admin(bootstrap)
+    events = load_journal(bootstrap, spec.journal)
+    for tr in spec.transforms:
+        _group_view(admin, group_id(spec.pipeline, "transform", tr.name), tr.input, f"transform {tr.name}")
+    for sink in spec.sinks:
+        _group_view(admin, group_id(spec.pipeline, "sink", sink.name), sink.input, f"sink {sink.name}")
+        writer = FilePartWriter(sink.name, Path(sink.resolved_path), sink.format)
+        for p in admin.partitions_of(sink.input):
+            parts = [
+                ev for k, ev in events.items()
+                if k.startswith(f"sink/{sink.name}/{sink.input}/{p}/") and ev.part is not None
+            ]
+            parts.sort(key=lambda ev: ev.part.first_offset if ev.part else 0)
+            committed = [ev for ev in parts if ev.kind == "part_committed"]
+            finalized = [ev for ev in parts if ev.kind == "part_finalized"]
+            last = finalized[-1].part if finalized else None
+            click.echo(
+                f"  partition {p}: parts finalized {len(finalized)}, committed-not-finalized {len(committed)}, "
+                f"last finalized {last.first_offset if last else '-'}..{last.last_offset if last else '-'}, "
+                f"staging leftovers {len(writer.leftover_staging(sink.input, p))}"
+            )
+    try:
+        dlq_end = sum(admin.end_offsets([(spec.dlq, p) for p in admin.partitions_of(spec.dlq)]).values())
+    except KeyError:
+        dlq_end = 0
+    click.echo(f"dlq {spec.dlq}: {dlq_end} offsets (records + transaction markers)")
+    for key, ev in sorted(events.items()):
+        if ev.kind == "source_checkpoint" and ev.checkpoint is not None:
+            cp = ev.checkpoint
+            click.echo(f"source checkpoint {key}: offset {cp.offset}, rows {cp.rows}")
+
+
+def _group_view(admin: Admin, group: str, topic: str, label: str) -> None:
+    try:
+        parts = [(topic, p) for p in admin.partitions_of(topic)]
+    except KeyError:
+        click.echo(f"{label}: input topic {topic} does not exist")
+        return
+    ends = admin.end_offsets(parts, committed_only=True)
+    committed = admin.group_offsets(group, parts)
+    total_lag = 0
+    click.echo(f"{label} (group {group}, input {topic}):")
+    for tp in parts:
+        c = committed.get(tp)
+        lag = ends[tp] - (c or 0)
+        total_lag += max(lag, 0)
+        click.echo(f"  partition {tp[1]}: committed {c if c is not None else '-'}, end {ends[tp]}, lag {lag}")
+    click.echo(f"  total lag {total_lag}")

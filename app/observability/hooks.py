@@ -1,0 +1,43 @@
+"""Metric hooks the runtime calls (per batch, never per row).
+
+The runtime depends on this interface only; ``app.observability.prometheus``
+implements it. Hooks are called *after* the commit point, so a counter never
+claims rows that did not commit (invariant I4).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from app.runtime.commit import Batch
+    from app.sinks.base import PreparedPart
+
+
+class Hooks(Protocol):
+    def on_commit(self, stage: str, name: str, batch: Batch, seconds: float) -> None: ...
+    def on_abort(self, stage: str, name: str, reason: str) -> None: ...
+    def on_fenced(self, stage: str, name: str) -> None: ...
+    def on_part_finalized(self, stage: str, name: str, part: PreparedPart) -> None: ...
+    def on_rebalance(self, stage: str, name: str, kind: str, partitions: int) -> None: ...
+    def on_recovery(self, stage: str, name: str, action: str) -> None: ...
+
+
+class NullHooks:
+    def on_commit(self, stage: str, name: str, batch: Batch, seconds: float) -> None:
+        return None
+
+    def on_abort(self, stage: str, name: str, reason: str) -> None:
+        return None
+
+    def on_fenced(self, stage: str, name: str) -> None:
+        return None
+
+    def on_part_finalized(self, stage: str, name: str, part: PreparedPart) -> None:
+        return None
+
+    def on_rebalance(self, stage: str, name: str, kind: str, partitions: int) -> None:
+        return None
+
+    def on_recovery(self, stage: str, name: str, action: str) -> None:
+        return None

@@ -1,0 +1,249 @@
+"""Topic → two-phase sink runner (files): invariants I2, I3, I5, I8.
+
+Per assigned partition the runner buffers decoded tokens into an *open part*. A
+part is cut when it reaches ``max_rows``/``max_bytes``/``max_age`` or when input
+goes idle. Cut parts are *prepared* by the part writer (staged, fsynced: the
+sink's acknowledgement) and handed to the commit seam, which commits
+``part_committed`` + the consumer offsets just past the part in one transaction
+and only then finalizes (renames) them. Consumer offsets therefore never pass a
+row that is not in an acknowledged part (I2).
+
+Recovery runs on every partition assignment, before any record of the partition
+is consumed: the journal is read to its high watermark; committed parts that are
+not finalized are finalized now (idempotent, I3) and their ``part_finalized``
+events queued; staging files of the partition that no committed event names are
+deleted (their rows are re-read from the committed offset). On revoke, open
+parts of the revoked partitions are dropped: nothing of them was staged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from app.codecs.tokens import CodecError
+from app.journal.reader import load_journal, pending_parts
+from app.journal.writer import info_event
+from app.kafka.clients import TP, BatchConsumer, TxnProducer
+from app.observability.hooks import Hooks
+from app.runtime.commit import Batch, BatchAborted, CommitSeam
+from app.runtime.stage import Progress, StageContext, group_id, transactional_id
+from app.runtime.transform_runner import Decoder, dead_letter
+from app.sinks.base import PartWriter, PreparedPart
+from app.tokens import Token
+
+log = logging.getLogger("ledgerflow.sink")
+
+
+class RecoveryError(RuntimeError):
+    """Recovery found a state it must not paper over (e.g. a committed part is gone)."""
+
+
+@dataclass(slots=True)
+class OpenPart:
+    first: int = -1
+    last: int = -1
+    tokens: list[Token] = field(default_factory=list)
+    dlq: list[bytes] = field(default_factory=list)
+    nbytes: int = 0
+    opened: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class PartLimits:
+    max_rows: int = 50_000
+    max_bytes: int = 64 << 20
+    max_age_s: float = 5.0
+
+
+class SinkRunner:
+    def __init__(
+        self,
+        ctx: StageContext,
+        *,
+        name: str,
+        input_topic: str,
+        decoder: Decoder,
+        writer: PartWriter,
+        limits: PartLimits,
+        hooks: Hooks,
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.input_topic = input_topic
+        self.decode = decoder
+        self.writer = writer
+        self.limits = limits
+        self.hooks = hooks
+        self.progress = Progress()
+        self.open: dict[TP, OpenPart] = {}
+        self.consumer = BatchConsumer(
+            ctx.bootstrap,
+            group_id(ctx.corr.pipeline, "sink", name),
+            extra={"group.instance.id": ctx.corr.worker_id, **ctx.kafka_extra},
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
+        producer = TxnProducer(
+            ctx.bootstrap,
+            transactional_id(ctx.corr, name),
+            transaction_timeout_ms=ctx.transaction_timeout_ms,
+            extra=ctx.kafka_extra,
+        )
+        self.seam = CommitSeam(
+            stage="sink",
+            name=name,
+            producer=producer,
+            corr=ctx.corr,
+            journal_topic=ctx.journal_topic,
+            dlq_topic=ctx.dlq_topic,
+            consumer=self.consumer,
+            writer=writer,
+            hooks=hooks,
+        )
+
+    # -- rebalance ---------------------------------------------------------------
+    def _on_assign(self, parts: list[TP]) -> None:
+        self.hooks.on_rebalance("sink", self.name, "assigned", len(parts))
+        if parts:
+            self.recover(parts)
+
+    def _on_revoke(self, parts: list[TP], lost: bool) -> None:
+        self.hooks.on_rebalance("sink", self.name, "lost" if lost else "revoked", len(parts))
+        for tp in parts:
+            self.open.pop(tp, None)
+        log.info("sink %s: %s %s; open parts dropped", self.name, "lost" if lost else "revoked", parts)
+
+    def recover(self, parts: list[TP]) -> None:
+        """Finalize committed-but-unfinalized parts; delete unreferenced staging."""
+        events = load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
+        pending = pending_parts(events, self.name, set(parts))
+        keep: set[str] = set()
+        finalized = []
+        for ev in pending:
+            info = ev.part
+            assert info is not None
+            part = PreparedPart(
+                sink=info.sink,
+                topic=info.topic,
+                partition=info.partition,
+                first_offset=info.first_offset,
+                last_offset=info.last_offset,
+                rows=info.rows,
+                bytes=info.bytes,
+                checksum=info.checksum,
+                staging_path=info.staging_path,
+                final_path=info.final_path,
+            )
+            keep.add(info.staging_path)
+            try:
+                renamed = self.writer.finalize(part)
+            except Exception as exc:
+                raise RecoveryError(
+                    f"sink {self.name}: committed part {ev.key} cannot be finalized: {exc}"
+                ) from exc
+            self.hooks.on_recovery("sink", self.name, "finalized" if renamed else "already_final")
+            finalized.append(self.seam._part_event("part_finalized", part))
+        if finalized:
+            self.seam.queue_finalized(finalized)
+        discarded = 0
+        for topic, partition in parts:
+            for path in self.writer.leftover_staging(topic, partition):
+                if path not in keep:
+                    self.writer.remove_staging(path)
+                    discarded += 1
+        if discarded:
+            self.hooks.on_recovery("sink", self.name, "staging_discarded")
+            self.seam.queue_finalized(
+                [info_event(self.ctx.corr, "recovery", f"recovery/{self.name}/{parts[0][0]}", {"staging_discarded": str(discarded)})]
+            )
+        log.info(
+            "sink %s: recovered %s: %d part(s) finalized, %d staging file(s) discarded",
+            self.name,
+            parts,
+            len(finalized),
+            discarded,
+        )
+
+    # -- main loop ---------------------------------------------------------------
+    def run(self) -> None:
+        ctx = self.ctx
+        self.seam.init()
+        self.consumer.subscribe([self.input_topic])
+        idle_since: float | None = None
+        stage = f"sink/{self.name}"
+        decode = self.decode
+        try:
+            while not ctx.stop.is_set():
+                recs = self.consumer.consume(10_000, ctx.interval_s)
+                for rec in recs:
+                    tp = (rec.topic, rec.partition)
+                    part = self.open.get(tp)
+                    if part is None:
+                        part = self.open[tp] = OpenPart(first=rec.offset)
+                    part.last = rec.offset
+                    try:
+                        part.tokens.append(decode(rec))
+                        part.nbytes += len(rec.value or b"")
+                    except CodecError as exc:
+                        part.dlq.append(dead_letter(ctx, stage, rec, exc.reason_class, str(exc)))
+                idle = not recs
+                due = self._due(idle)
+                if due:
+                    idle_since = None
+                    self._commit(due)
+                elif idle:
+                    if self.seam.has_pending:
+                        self._commit([])
+                    if ctx.exit_when_done and not self.open and self._drained(idle_since):
+                        return
+                    idle_since = idle_since or time.monotonic()
+        finally:
+            self.consumer.close()
+
+    def _due(self, idle: bool) -> list[TP]:
+        lim, now = self.limits, time.monotonic()
+        return [
+            tp
+            for tp, p in self.open.items()
+            if idle or len(p.tokens) >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s
+        ]
+
+    def _drained(self, idle_since: float | None) -> bool:
+        if idle_since is None or time.monotonic() - idle_since < 1.0 or not self.ctx.upstream_finished():
+            return False
+        parts = self.consumer.assignment()
+        if not parts:
+            return False
+        ends = self.consumer.end_offsets(parts)
+        pos = self.consumer.position(parts)
+        self.progress.lag = sum(max(0, ends[tp] - (pos.get(tp) or 0)) for tp in parts)
+        return all(ends[tp] - (pos.get(tp) or 0) <= 1 for tp in parts)
+
+    def _commit(self, due: list[TP]) -> None:
+        prepared: list[PreparedPart] = []
+        dlq: list[bytes] = []
+        offsets: list[tuple[str, int, int]] = []
+        rows_in = 0
+        for tp in due:
+            p = self.open[tp]
+            if p.tokens:
+                prepared.append(self.writer.prepare(tp[0], tp[1], p.first, p.last, p.tokens))
+            dlq.extend(p.dlq)
+            offsets.append((tp[0], tp[1], p.last + 1))
+            rows_in += len(p.tokens) + len(p.dlq)
+        batch = Batch(dlq=dlq, offsets=offsets, parts=prepared, rows_in=rows_in)
+        try:
+            self.seam.commit(batch)
+        except BatchAborted:
+            self.progress.aborts += 1
+            self.open.clear()
+            self.consumer.rewind_to_committed()
+            return
+        for tp in due:
+            del self.open[tp]
+        self.progress.rows_in += rows_in
+        self.progress.rows_out += sum(p.rows for p in prepared)
+        self.progress.dlq += len(dlq)
+        self.progress.commits += 1

@@ -1,0 +1,125 @@
+"""Source → topic runner (exactly-once source, invariant I1 and I6).
+
+One transaction = the tokens produced + DLQ records for undecodable input + the
+``source_checkpoint`` events covering exactly those records. On start the
+transactional id is registered first (which aborts whatever a crashed previous
+instance left open) and only then is the journal read, so the restored checkpoints
+are the committed ones. The transactional id is per *source*, not per worker: a
+second instance of the same source fences the first, so two can never both emit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from app.codecs.dlq import encode_dlq
+from app.codecs.tokens import TokenCodec
+from app.journal.reader import load_journal, source_checkpoints
+from app.journal.writer import checkpoint_event
+from app.kafka.clients import TxnProducer
+from app.observability.hooks import Hooks
+from app.runtime.commit import Batch, BatchAborted, CommitSeam, TopicRecords
+from app.runtime.stage import Progress, StageContext
+from app.sources.base import Checkpoint, Source
+
+log = logging.getLogger("ledgerflow.source")
+
+
+class SourceRunner:
+    def __init__(
+        self,
+        ctx: StageContext,
+        *,
+        name: str,
+        source: Source,
+        topic: str,
+        hooks: Hooks,
+        tick: object = None,
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.source = source
+        self.topic = topic
+        self.codec = TokenCodec()
+        self.progress = Progress()
+        producer = TxnProducer(
+            ctx.bootstrap,
+            f"ledgerflow.{ctx.corr.pipeline}.source.{name}",
+            transaction_timeout_ms=ctx.transaction_timeout_ms,
+            extra=ctx.kafka_extra,
+        )
+        self.seam = CommitSeam(
+            stage="source",
+            name=name,
+            producer=producer,
+            corr=ctx.corr,
+            journal_topic=ctx.journal_topic,
+            dlq_topic=ctx.dlq_topic,
+            hooks=hooks,
+        )
+        self.committed: dict[str, Checkpoint] = {}
+
+    def recover(self) -> None:
+        self.seam.init()
+        events = load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
+        self.committed = source_checkpoints(events, self.name)
+        self.source.restore(self.committed)
+        log.info("source %s: restored %d checkpoint(s)", self.name, len(self.committed))
+
+    def run(self) -> None:
+        self.recover()
+        ctx = self.ctx
+        header = [self.codec.header]
+        while not ctx.stop.is_set():
+            deadline = time.monotonic() + ctx.interval_s
+            tokens, dead, cps = [], [], {}
+            exhausted = False
+            while len(tokens) + len(dead) < ctx.max_rows and time.monotonic() < deadline:
+                got = self.source.poll(ctx.max_rows - len(tokens) - len(dead))
+                tokens.extend(got.tokens)
+                dead.extend(got.dead_letters)
+                for cp in got.checkpoints:
+                    cps[cp.key] = cp
+                exhausted = got.exhausted
+                if exhausted or not (got.tokens or got.dead_letters or got.checkpoints):
+                    break
+            if not cps:
+                if exhausted and ctx.exit_when_done:
+                    log.info("source %s: input exhausted", self.name)
+                    return
+                time.sleep(min(ctx.interval_s, 0.05))
+                continue
+            keys = [(t["key"] or t["token_id"]).encode() for t in tokens]
+            batch = Batch(
+                outputs=[TopicRecords(self.topic, self.codec.encode_many(tokens), list(keys), header)],
+                dlq=[
+                    encode_dlq(
+                        pipeline=ctx.corr.pipeline,
+                        stage=f"source/{self.name}",
+                        error_class=d.reason_class,
+                        error_message=d.message,
+                        original_key=None,
+                        original_value=d.raw,
+                        original_headers=[],
+                        origin=d.origin,
+                    )
+                    for d in dead
+                ],
+                checkpoints=[checkpoint_event(ctx.corr, cp) for cp in cps.values()],
+                rows_in=len(tokens) + len(dead),
+            )
+            try:
+                self.seam.commit(batch)
+            except BatchAborted:
+                self.progress.aborts += 1
+                self.source.restore(self.committed)
+                continue
+            self.committed.update(cps)
+            self.progress.rows_in += batch.rows_in
+            self.progress.rows_out += len(tokens)
+            self.progress.dlq += len(dead)
+            self.progress.commits += 1
+
+    def close(self) -> None:
+        self.source.close()

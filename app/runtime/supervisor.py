@@ -1,0 +1,299 @@
+"""Builds the stage runners of a pipeline spec and runs them until done or stopped.
+
+``--stage all`` runs every source, transform and sink of the spec in one process
+(one thread each; librdkafka releases the GIL while it waits). Scale-out runs one
+stage per process/container with ``--stage`` and a distinct ``--worker-id``.
+
+Stopping: the first SIGTERM/SIGINT asks every runner to finish (or abandon) its
+open batch within the grace period and exit 0; a second signal exits at once,
+which is safe because nothing uncommitted is ever visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.codecs.external import make_external_decoder
+from app.codecs.tokens import TokenCodec
+from app.config.pipeline import PipelineSpec, resolve_bootstrap
+from app.config.topics import TopicSpec, load_topic_specs
+from app.journal.writer import Correlation
+from app.kafka.admin import Admin
+from app.kafka.local_broker import ensure_bootstrap
+from app.observability.hooks import Hooks, NullHooks
+from app.runtime import topics as topics_mod
+from app.runtime.commit import WorkerFenced
+from app.runtime.sink_runner import PartLimits, SinkRunner
+from app.runtime.source_runner import SourceRunner
+from app.runtime.stage import Progress, StageContext
+from app.runtime.transform_runner import Decoder, TransformRunner, external_decoder, token_decoder
+from app.sinks.files import FilePartWriter
+from app.sources.base import Source
+from app.sources.file_tail import FileTailSource
+from app.sources.generator import GeneratorSource
+from app.transforms.chain import (
+    StepFn,
+    compile_chain,
+    filter_step,
+    flat_map_step,
+    load_callable,
+    map_step,
+    project_step,
+    route_step,
+)
+
+log = logging.getLogger("ledgerflow.run")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_FENCED = 3
+STAGES = ("source", "transform", "sink", "all")
+
+
+class Runner(Protocol):
+    name: str
+    progress: Progress
+
+    def run(self) -> None: ...
+
+
+@dataclass
+class Worker:
+    stage: str
+    runner: Runner
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def default_worker_id() -> str:
+    return os.environ.get("LEDGERFLOW_WORKER_ID") or socket.gethostname()
+
+
+def ensure_topics(bootstrap: str, spec: PipelineSpec, extra: dict[str, Any]) -> None:
+    """Apply the spec's topic files, then make sure the journal (compacted) and DLQ exist."""
+    admin = Admin(bootstrap, extra)
+    specs: list[TopicSpec] = load_topic_specs(list(spec.topic_files)) if spec.topic_files else []
+    named = {s.name for s in specs}
+    if spec.journal not in named:
+        specs.append(
+            TopicSpec(
+                name=spec.journal,
+                partitions=1,
+                replication_factor=1,
+                configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "86400000"},
+            )
+        )
+    if spec.dlq not in named:
+        specs.append(TopicSpec(name=spec.dlq, partitions=1, replication_factor=1, configs={}))
+    existing = admin.describe_topics([s.name for s in specs])
+    missing = [s for s in specs if s.name not in existing or s.name in named]
+    topics_mod.apply(admin, missing)
+
+
+def _steps(transform: Any) -> list[StepFn]:
+    out: list[StepFn] = []
+    for step in transform.steps:
+        kind = step.kind
+        if kind == "filter":
+            out.append(filter_step(step.field, step.op, step.value))
+        elif kind == "map":
+            out.append(map_step(load_callable(step.function)))
+        elif kind == "flat_map":
+            out.append(flat_map_step(load_callable(step.function)))
+        elif kind == "project":
+            out.append(project_step(step.fields, step.rename))
+        elif kind == "route":
+            out.append(route_step(step.field, dict(step.routes), step.default))
+        else:  # pragma: no cover - the spec model admits no other kinds
+            raise ValueError(f"transform {transform.name}: unknown step kind {kind!r}")
+    return out
+
+
+def _decoder(fmt: str, schema: str | None) -> Decoder:
+    if fmt == "token":
+        return token_decoder(TokenCodec())
+    return external_decoder(make_external_decoder(fmt, schema))
+
+
+def _source(src: Any) -> Source:
+    if src.type == "generator":
+        return GeneratorSource(
+            src.name, rows=src.rows, seed=src.seed, key_field=src.key_field, rate_per_s=src.rate_per_s
+        )
+    return FileTailSource(
+        src.name,
+        glob=src.resolved_path,
+        fmt=src.format,
+        key_field=src.key_field,
+        fingerprint_bytes=src.fingerprint_bytes,
+    )
+
+
+class Supervisor:
+    """Owns the runner threads of one process and its stop/exit protocol."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        stage: str = "all",
+        worker_id: str | None = None,
+        exit_when_done: bool = False,
+        hooks: Hooks | None = None,
+        grace_s: float = 30.0,
+    ) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
+        self.spec = spec
+        self.stage = stage
+        self.worker_id = worker_id or default_worker_id()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.exit_when_done = exit_when_done
+        self.hooks: Hooks = hooks or NullHooks()
+        self.grace_s = grace_s
+        self.stop = threading.Event()
+        self.workers: list[Worker] = []
+        self.bootstrap = ""
+
+    def build(self) -> None:
+        spec = self.spec
+        self.bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
+        extra = {k: v for k, v in spec.kafka.config.items()}
+        ensure_topics(self.bootstrap, spec, extra)
+        sources_done, transforms_done = threading.Event(), threading.Event()
+        want = (lambda s: True) if self.stage == "all" else (lambda s: s == self.stage)
+
+        def ctx(stage: str, upstream: threading.Event | None) -> StageContext:
+            return StageContext(
+                corr=Correlation(spec.pipeline, stage, self.worker_id, self.run_id),
+                bootstrap=self.bootstrap,
+                kafka_extra=extra,
+                journal_topic=spec.journal,
+                dlq_topic=spec.dlq,
+                interval_s=spec.commit.interval_ms / 1000,
+                max_rows=spec.commit.max_rows,
+                transaction_timeout_ms=spec.commit.transaction_timeout_ms,
+                stop=self.stop,
+                exit_when_done=self.exit_when_done,
+                upstream_done=upstream if self.stage == "all" else None,
+            )
+
+        if want("source"):
+            for src in spec.sources:
+                self.workers.append(
+                    Worker("source", SourceRunner(ctx("source", None), name=src.name, source=_source(src), topic=src.topic, hooks=self.hooks))
+                )
+        if want("transform"):
+            for tr in spec.transforms:
+                chain = compile_chain(tr.name, _steps(tr), tr.output)
+                runner = TransformRunner(
+                    ctx("transform", sources_done),
+                    name=tr.name,
+                    input_topic=tr.input,
+                    chain=chain,
+                    decoder=_decoder(tr.input_format, tr.input_schema),
+                    hooks=self.hooks,
+                )
+                self.workers.append(Worker("transform", runner))
+        if want("sink"):
+            for sk in spec.sinks:
+                writer = FilePartWriter(sk.name, Path(sk.resolved_path), sk.format)
+                limits = PartLimits(sk.part.max_rows, sk.part.max_bytes, sk.part.max_age_ms / 1000)
+                runner_s = SinkRunner(
+                    ctx("sink", transforms_done),
+                    name=sk.name,
+                    input_topic=sk.input,
+                    decoder=_decoder(sk.input_format, sk.input_schema),
+                    writer=writer,
+                    limits=limits,
+                    hooks=self.hooks,
+                )
+                self.workers.append(Worker("sink", runner_s))
+        self._sources_done, self._transforms_done = sources_done, transforms_done
+
+    def _start(self, w: Worker) -> None:
+        def target() -> None:
+            try:
+                w.runner.run()
+            except BaseException as exc:
+                w.error = exc
+                self.stop.set()
+            finally:
+                w.done.set()
+                self._update_upstream()
+
+        w.thread = threading.Thread(target=target, name=f"{w.stage}-{w.runner.name}", daemon=True)
+        w.thread.start()
+
+    def _update_upstream(self) -> None:
+        if all(w.done.is_set() for w in self.workers if w.stage == "source"):
+            self._sources_done.set()
+            if all(w.done.is_set() for w in self.workers if w.stage == "transform"):
+                self._transforms_done.set()
+
+    def run(self, on_tick: Callable[[Supervisor], None] | None = None) -> int:
+        """Run until every runner returned (finite runs) or a signal/failure stops them."""
+        if not self.workers:
+            self.build()
+        if not self.workers:
+            log.error("pipeline %s has nothing to run for --stage %s", self.spec.pipeline, self.stage)
+            return EXIT_ERROR
+        signals = {"count": 0}
+
+        def on_signal(signum: int, _frame: object) -> None:
+            signals["count"] += 1
+            if signals["count"] > 1:
+                sys.stderr.write("ledgerflow: second signal, exiting now (nothing uncommitted is visible)\n")
+                os._exit(130)
+            log.info("signal %d: finishing open batches (grace %.0fs)", signum, self.grace_s)
+            self.stop.set()
+
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        for w in self.workers:
+            self._start(w)
+        self._update_upstream()
+        stop_deadline: float | None = None
+        try:
+            while not all(w.done.is_set() for w in self.workers):
+                if on_tick is not None:
+                    on_tick(self)
+                if self.stop.is_set():
+                    stop_deadline = stop_deadline or time.monotonic() + self.grace_s
+                    if time.monotonic() > stop_deadline:
+                        log.error("grace period over; exiting with batches still open (they abort)")
+                        break
+                time.sleep(0.2)
+        finally:
+            if in_main:
+                for s, h in old.items():
+                    signal.signal(s, h)
+        if on_tick is not None:
+            on_tick(self)
+        return self._exit_code()
+
+    def _exit_code(self) -> int:
+        code = EXIT_OK
+        for w in self.workers:
+            if w.error is None:
+                continue
+            if isinstance(w.error, WorkerFenced):
+                log.error("%s %s stopped: %s", w.stage, w.runner.name, w.error)
+                code = max(code, EXIT_FENCED)
+            else:
+                log.error("%s %s failed: %r", w.stage, w.runner.name, w.error, exc_info=w.error)
+                code = max(code, EXIT_ERROR) if code != EXIT_FENCED else code
+        return code

@@ -1,0 +1,190 @@
+"""Helpers for tests that run real pipelines as subprocesses on the real broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from app.journal.reader import load_journal
+from app.kafka.admin import Admin
+from tests.conftest import KafkaEnv
+
+LEDGERFLOW = [sys.executable, "-m", "app.cli.main"]
+
+
+@dataclass
+class PipelineFiles:
+    name: str
+    spec: Path
+    out: Path
+    raw: str
+    clean: str
+    rows: int
+
+
+def write_pipeline(
+    tmp: Path,
+    name: str,
+    kafka: KafkaEnv,
+    *,
+    rows: int = 10_000,
+    partitions: int = 3,
+    fmt: str = "ndjson",
+    part_rows: int = 2_000,
+    max_rows: int = 1_000,
+    extra_steps: str = "",
+    source_block: str | None = None,
+    session_timeout_ms: int = 6000,
+) -> PipelineFiles:
+    raw, clean = f"{name}.raw", f"{name}.clean"
+    (tmp / "topics.yaml").write_text(
+        f"""topics:
+  - name: {raw}
+    partitions: {partitions}
+  - name: {clean}
+    partitions: {partitions}
+  - name: {name}.journal
+    partitions: 1
+    configs: {{cleanup.policy: compact}}
+  - name: {name}.dlq
+    partitions: 1
+"""
+    )
+    source = source_block or f"""  - name: gen
+    type: generator
+    topic: {raw}
+    rows: {rows}
+    seed: 11
+"""
+    spec = tmp / "pipeline.yaml"
+    spec.write_text(
+        f"""pipeline: {name}
+topics: [topics.yaml]
+kafka:
+  bootstrap_servers: "{kafka.bootstrap}"
+  config:
+    session.timeout.ms: {session_timeout_ms}
+    heartbeat.interval.ms: 1000
+commit:
+  interval_ms: 100
+  max_rows: {max_rows}
+  transaction_timeout_ms: 20000
+sources:
+{source}transforms:
+  - name: shape
+    input: {raw}
+    output: {clean}
+    steps:
+      - project: {{rename: {{amount: amount_cents}}}}
+{extra_steps}sinks:
+  - name: files
+    type: file
+    input: {clean}
+    path: out
+    format: {fmt}
+    part: {{max_rows: {part_rows}, max_age_ms: 2000}}
+"""
+    )
+    return PipelineFiles(name, spec, tmp / "out", raw, clean, rows)
+
+
+def run(
+    spec: Path,
+    *args: str,
+    crash_at: str | None = None,
+    timeout: float = 240,
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("LEDGERFLOW_CRASH_AT", None)
+    env["LEDGERFLOW_LOG_FORMAT"] = "text"
+    if crash_at:
+        env["LEDGERFLOW_CRASH_AT"] = crash_at
+    env.update(env_extra or {})
+    return subprocess.run(
+        [*LEDGERFLOW, "run", str(spec), "--exit-when-done", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=spec.parent,
+        check=False,
+    )
+
+
+def popen(spec: Path, *args: str, env_extra: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.pop("LEDGERFLOW_CRASH_AT", None)
+    env["LEDGERFLOW_LOG_FORMAT"] = "text"
+    env.update(env_extra or {})
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    return subprocess.Popen([*LEDGERFLOW, "run", str(spec), *args], stdout=out, stderr=out, env=env, cwd=spec.parent)
+
+
+def sink_lines(out: Path) -> list[bytes]:
+    """Every row line of every *finalized* NDJSON part (staging excluded)."""
+    lines: list[bytes] = []
+    for f in sorted(out.rglob("*.ndjson")):
+        if "_staging" in f.parts:
+            continue
+        lines.extend(f.read_bytes().splitlines())
+    return lines
+
+
+def staging_leftovers(out: Path) -> list[Path]:
+    staging = out / "_staging"
+    return [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else []
+
+
+def token_ids(lines: list[bytes]) -> list[str]:
+    return [orjson.loads(line)["_token_id"] for line in lines]
+
+
+def assert_exactly_once(kafka: KafkaEnv, pf: PipelineFiles, expected_ids: set[str]) -> list[bytes]:
+    """Every expected token id exactly once in the sink; journal and offsets consistent."""
+    lines = sink_lines(pf.out)
+    ids = token_ids(lines)
+    dupes = len(ids) - len(set(ids))
+    missing = expected_ids - set(ids)
+    extra = set(ids) - expected_ids
+    assert dupes == 0, f"{dupes} duplicate rows in the sink"
+    assert not missing, f"{len(missing)} rows lost, e.g. {sorted(missing)[:5]}"
+    assert not extra, f"{len(extra)} unexpected rows, e.g. {sorted(extra)[:5]}"
+    assert staging_leftovers(pf.out) == [], "staging files left behind"
+
+    events = load_journal(kafka.bootstrap, f"{pf.name}.journal")
+    unfinalized = [k for k, ev in events.items() if ev.kind == "part_committed"]
+    assert unfinalized == [], f"committed parts never finalized: {unfinalized[:5]}"
+    finalized_rows = sum(ev.part.rows for ev in events.values() if ev.kind == "part_finalized" and ev.part)
+    assert finalized_rows == len(ids), "journal row counts disagree with the files"
+
+    admin = Admin(kafka.bootstrap)
+    for group, topic in (
+        (f"ledgerflow.{pf.name}.transform.shape", pf.raw),
+        (f"ledgerflow.{pf.name}.sink.files", pf.clean),
+    ):
+        parts = [(topic, p) for p in admin.partitions_of(topic)]
+        ends = admin.end_offsets(parts)
+        committed = admin.group_offsets(group, parts)
+        for tp in parts:
+            # only a transaction marker may follow the committed offset
+            assert ends[tp] - committed.get(tp, 0) <= 1, f"{group} {tp}: committed {committed.get(tp)} end {ends[tp]}"
+    return lines
+
+
+def hanging_transactions(kafka: KafkaEnv, prefix: str) -> list[str]:
+    """Transactional ids starting with ``prefix`` that are still Ongoing/Prepare*."""
+    proc = kafka.tool("transactions", "list")
+    assert proc.returncode == 0, proc.stderr
+    bad = []
+    for line in proc.stdout.splitlines()[1:]:
+        cols = re.split(r"\s+", line.strip())
+        if cols and cols[0].startswith(prefix) and any(s in line for s in ("Ongoing", "PrepareCommit", "PrepareAbort")):
+            bad.append(line)
+    return bad
