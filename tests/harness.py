@@ -56,12 +56,15 @@ def write_pipeline(
     partitions: 1
 """
     )
-    source = source_block or f"""  - name: gen
+    source = (
+        source_block
+        or f"""  - name: gen
     type: generator
     topic: {raw}
     rows: {rows}
     seed: 11
 """
+    )
     spec = tmp / "pipeline.yaml"
     spec.write_text(
         f"""pipeline: {name}
@@ -118,13 +121,17 @@ def run(
     )
 
 
-def popen(spec: Path, *args: str, env_extra: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+def popen(
+    spec: Path, *args: str, env_extra: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.pop("LEDGERFLOW_CRASH_AT", None)
     env["LEDGERFLOW_LOG_FORMAT"] = "text"
     env.update(env_extra or {})
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([*LEDGERFLOW, "run", str(spec), *args], stdout=out, stderr=out, env=env, cwd=spec.parent)
+    return subprocess.Popen(
+        [*LEDGERFLOW, "run", str(spec), *args], stdout=out, stderr=out, env=env, cwd=spec.parent
+    )
 
 
 def sink_lines(out: Path) -> list[bytes]:
@@ -174,7 +181,9 @@ def assert_exactly_once(kafka: KafkaEnv, pf: PipelineFiles, expected_ids: set[st
         committed = admin.group_offsets(group, parts)
         for tp in parts:
             # only a transaction marker may follow the committed offset
-            assert ends[tp] - committed.get(tp, 0) <= 1, f"{group} {tp}: committed {committed.get(tp)} end {ends[tp]}"
+            assert ends[tp] - committed.get(tp, 0) <= 1, (
+                f"{group} {tp}: committed {committed.get(tp)} end {ends[tp]}"
+            )
     return lines
 
 
@@ -185,6 +194,10 @@ def hanging_transactions(kafka: KafkaEnv, prefix: str) -> list[str]:
     bad = []
     for line in proc.stdout.splitlines()[1:]:
         cols = re.split(r"\s+", line.strip())
-        if cols and cols[0].startswith(prefix) and any(s in line for s in ("Ongoing", "PrepareCommit", "PrepareAbort")):
+        if (
+            cols
+            and cols[0].startswith(prefix)
+            and any(s in line for s in ("Ongoing", "PrepareCommit", "PrepareAbort"))
+        ):
             bad.append(line)
     return bad

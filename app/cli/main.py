@@ -18,8 +18,13 @@ from app.cli.topics_cmd import topics_group
 @click.group()
 @click.version_option(__version__, prog_name="ledgerflow")
 @click.option("--log-level", default="INFO", show_default=True, envvar="LEDGERFLOW_LOG_LEVEL")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, envvar="LEDGERFLOW_LOG_FORMAT",
-              help="Default: text on a terminal, json otherwise.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    envvar="LEDGERFLOW_LOG_FORMAT",
+    help="Default: text on a terminal, json otherwise.",
+)
 def cli(log_level: str, log_format: str | None) -> None:
     """ledgerflow: Kafka stream processing with exactly-once sinks."""
     from app.observability.logs import configure

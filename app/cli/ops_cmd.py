@@ -76,7 +76,8 @@ def inspect_cmd(pipeline: str) -> None:
         writer = FilePartWriter(sink.name, Path(sink.resolved_path), sink.format)
         for p in admin.partitions_of(sink.input):
             parts = [
-                ev for k, ev in events.items()
+                ev
+                for k, ev in events.items()
                 if k.startswith(f"sink/{sink.name}/{sink.input}/{p}/") and ev.part is not None
             ]
             parts.sort(key=lambda ev: ev.part.first_offset if ev.part else 0)
@@ -84,7 +85,8 @@ def inspect_cmd(pipeline: str) -> None:
             finalized = [ev for ev in parts if ev.kind == "part_finalized"]
             last = finalized[-1].part if finalized else None
             click.echo(
-                f"  partition {p}: parts finalized {len(finalized)}, committed-not-finalized {len(committed)}, "
+                f"  partition {p}: parts finalized {len(finalized)}, "
+                f"committed-not-finalized {len(committed)}, "
                 f"last finalized {last.first_offset if last else '-'}..{last.last_offset if last else '-'}, "
                 f"staging leftovers {len(writer.leftover_staging(sink.input, p))}"
             )

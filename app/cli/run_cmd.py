@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,7 +33,7 @@ class ProgressView:
     def __init__(self, tty: bool) -> None:
         self.tty = tty
         self.last_log = 0.0
-        self.live: object | None = None
+        self.live: Any = None
         self.prev: dict[str, tuple[float, int]] = {}
 
     def rows(self, sup: Supervisor) -> list[tuple[str, int, float, int, int, str]]:
@@ -60,11 +61,11 @@ class ProgressView:
                 table.add_row(key, f"{n:,}", f"{rate:,.0f}", str(dlq), str(commits), state)
             if self.live is None:
                 self.live = Live(table, refresh_per_second=4, transient=False)
-                self.live.start()  # type: ignore[attr-defined]
+                self.live.start()
             else:
-                self.live.update(table)  # type: ignore[attr-defined]
+                self.live.update(table)
             if all(w.done.is_set() for w in sup.workers) or sup.stop.is_set():
-                self.live.stop()  # type: ignore[attr-defined]
+                self.live.stop()
             return
         now = time.monotonic()
         if now - self.last_log >= 5 or all(w.done.is_set() for w in sup.workers):
@@ -72,7 +73,12 @@ class ProgressView:
             for key, n, rate, dlq, commits, state in self.rows(sup):
                 log.info(
                     "progress %s: %d rows committed, %.0f rows/s, %d dlq, %d commits, %s",
-                    key, n, rate, dlq, commits, state,
+                    key,
+                    n,
+                    rate,
+                    dlq,
+                    commits,
+                    state,
                 )
 
 
@@ -89,22 +95,35 @@ def run_spec(
     hooks = PrometheusHooks(spec.pipeline)
     if metrics_port is not None:
         serve(hooks, metrics_host, metrics_port)
-    sup = Supervisor(spec, stage=stage, worker_id=worker_id, exit_when_done=exit_when_done, hooks=hooks, grace_s=grace_s)
+    sup = Supervisor(
+        spec, stage=stage, worker_id=worker_id, exit_when_done=exit_when_done, hooks=hooks, grace_s=grace_s
+    )
     sup.build()
     hooks.ready = True
     view = ProgressView(sys.stderr.isatty())
-    return sup.run(on_tick=lambda s: (hooks.tick(), view(s)) and None)
+
+    def tick(s: Supervisor) -> None:
+        hooks.tick()
+        view(s)
+
+    return sup.run(on_tick=tick)
 
 
 @click.command("run")
 @click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
 @click.option("--stage", type=click.Choice(STAGES), default="all", show_default=True)
-@click.option("--worker-id", default=None, envvar="LEDGERFLOW_WORKER_ID",
-              help="Stable id of this worker (default: hostname). Distinct per replica.")
+@click.option(
+    "--worker-id",
+    default=None,
+    envvar="LEDGERFLOW_WORKER_ID",
+    help="Stable id of this worker (default: hostname). Distinct per replica.",
+)
 @click.option("--exit-when-done", is_flag=True, help="Return once finite sources are exhausted and drained.")
 @click.option("--metrics-port", type=int, default=None, envvar="LEDGERFLOW_METRICS_PORT")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, envvar="LEDGERFLOW_METRICS_HOST")
-@click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to finish open batches on SIGTERM.")
+@click.option(
+    "--grace", type=float, default=30.0, show_default=True, help="Seconds to finish open batches on SIGTERM."
+)
 def run_cmd(
     pipeline: str,
     stage: str,
@@ -175,5 +194,7 @@ def demo_cmd(pipeline: str) -> None:
         click.echo(f"sink {sink.name}: {rows:,} rows in {len(files)} part file(s) under {out}")
         click.echo(f"sink {sink.name}: {len(ids):,} distinct token ids ({rows - len(ids)} duplicates)")
     gen_rows = sum(s.rows or 0 for s in spec.sources if s.type == "generator")
-    click.echo(f"demo finished in {elapsed:.1f}s ({gen_rows / max(elapsed, 1e-9):,.0f} source rows/s end to end)")
+    click.echo(
+        f"demo finished in {elapsed:.1f}s ({gen_rows / max(elapsed, 1e-9):,.0f} source rows/s end to end)"
+    )
     click.echo(f"journal: ledgerflow journal tail {pipeline}   state: ledgerflow inspect {pipeline}")

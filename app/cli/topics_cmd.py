@@ -27,7 +27,12 @@ def _setup(paths: tuple[str, ...], bootstrap: str | None) -> tuple[Admin, list]:
 
 
 _paths = click.argument("paths", nargs=-1, type=click.Path(exists=True))
-_bootstrap = click.option("--bootstrap-server", "bootstrap", default=None, help="Default: KAFKA_BOOTSTRAP_SERVERS or the local broker.")
+_bootstrap = click.option(
+    "--bootstrap-server",
+    "bootstrap",
+    default=None,
+    help="Default: KAFKA_BOOTSTRAP_SERVERS or the local broker.",
+)
 
 
 @click.group("topics")

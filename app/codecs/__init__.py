@@ -1,1 +1,1 @@
-"""codecs."""
+"""fastavro codecs for tokens, journal events and DLQ records; schemas live in ``schemas/``."""

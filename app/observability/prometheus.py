@@ -25,10 +25,16 @@ class PrometheusHooks:
         self.registry = registry or CollectorRegistry()
         labels = ["pipeline", "stage", "name"]
         r = self.registry
-        self.rows_in = Counter("ledgerflow_rows_in", "Input rows covered by committed transactions", labels, registry=r)
-        self.rows_out = Counter("ledgerflow_rows_out", "Rows committed to outputs or sink parts", labels, registry=r)
+        self.rows_in = Counter(
+            "ledgerflow_rows_in", "Input rows covered by committed transactions", labels, registry=r
+        )
+        self.rows_out = Counter(
+            "ledgerflow_rows_out", "Rows committed to outputs or sink parts", labels, registry=r
+        )
         self.dlq_rows = Counter("ledgerflow_dlq_rows", "Rows committed to the DLQ", labels, registry=r)
-        self.txn = Counter("ledgerflow_transactions", "Transactions by outcome", [*labels, "outcome"], registry=r)
+        self.txn = Counter(
+            "ledgerflow_transactions", "Transactions by outcome", [*labels, "outcome"], registry=r
+        )
         self.commit_seconds = Histogram(
             "ledgerflow_commit_seconds",
             "Time from begin to commit of one transaction",
@@ -44,8 +50,12 @@ class PrometheusHooks:
             registry=r,
         )
         self.parts = Counter("ledgerflow_parts", "Sink parts by phase", [*labels, "phase"], registry=r)
-        self.rebalances = Counter("ledgerflow_rebalances", "Partition assignment changes", [*labels, "kind"], registry=r)
-        self.recoveries = Counter("ledgerflow_recovery_actions", "Recovery actions", [*labels, "action"], registry=r)
+        self.rebalances = Counter(
+            "ledgerflow_rebalances", "Partition assignment changes", [*labels, "kind"], registry=r
+        )
+        self.recoveries = Counter(
+            "ledgerflow_recovery_actions", "Recovery actions", [*labels, "action"], registry=r
+        )
         self.last_loop = time.monotonic()
         self.ready = False
 
@@ -93,8 +103,10 @@ def serve(hooks: PrometheusHooks, host: str, port: int, stuck_after_s: float = 6
                 ok = time.monotonic() - hooks.last_loop < stuck_after_s
                 body, ctype, code = (b"ok\n" if ok else b"loop stuck\n"), "text/plain", 200 if ok else 503
             elif self.path.startswith("/readyz"):
-                body, ctype, code = (b"ready\n" if hooks.ready else b"not ready\n"), "text/plain", (
-                    200 if hooks.ready else 503
+                body, ctype, code = (
+                    (b"ready\n" if hooks.ready else b"not ready\n"),
+                    "text/plain",
+                    (200 if hooks.ready else 503),
                 )
             else:
                 body, ctype, code = b"not found\n", "text/plain", 404

@@ -156,7 +156,14 @@ class SinkRunner:
         if discarded:
             self.hooks.on_recovery("sink", self.name, "staging_discarded")
             self.seam.queue_finalized(
-                [info_event(self.ctx.corr, "recovery", f"recovery/{self.name}/{parts[0][0]}", {"staging_discarded": str(discarded)})]
+                [
+                    info_event(
+                        self.ctx.corr,
+                        "recovery",
+                        f"recovery/{self.name}/{parts[0][0]}",
+                        {"staging_discarded": str(discarded)},
+                    )
+                ]
             )
         log.info(
             "sink %s: recovered %s: %d part(s) finalized, %d staging file(s) discarded",
@@ -207,7 +214,10 @@ class SinkRunner:
         return [
             tp
             for tp, p in self.open.items()
-            if idle or len(p.tokens) >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s
+            if idle
+            or len(p.tokens) >= lim.max_rows
+            or p.nbytes >= lim.max_bytes
+            or now - p.opened >= lim.max_age_s
         ]
 
     def _drained(self, idle_since: float | None) -> bool:

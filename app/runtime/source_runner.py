@@ -21,7 +21,8 @@ from app.kafka.clients import TxnProducer
 from app.observability.hooks import Hooks
 from app.runtime.commit import Batch, BatchAborted, CommitSeam, TopicRecords
 from app.runtime.stage import Progress, StageContext
-from app.sources.base import Checkpoint, Source
+from app.sources.base import Checkpoint, DeadLetter, Source
+from app.tokens import Token
 
 log = logging.getLogger("ledgerflow.source")
 
@@ -73,7 +74,9 @@ class SourceRunner:
         header = [self.codec.header]
         while not ctx.stop.is_set():
             deadline = time.monotonic() + ctx.interval_s
-            tokens, dead, cps = [], [], {}
+            tokens: list[Token] = []
+            dead: list[DeadLetter] = []
+            cps: dict[str, Checkpoint] = {}
             exhausted = False
             while len(tokens) + len(dead) < ctx.max_rows and time.monotonic() < deadline:
                 got = self.source.poll(ctx.max_rows - len(tokens) - len(dead))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.journal.writer import Correlation
 
@@ -28,7 +29,7 @@ class StageContext:
 
     corr: Correlation
     bootstrap: str
-    kafka_extra: dict[str, object]
+    kafka_extra: dict[str, Any]
     journal_topic: str
     dlq_topic: str
     interval_s: float

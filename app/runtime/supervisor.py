@@ -170,7 +170,7 @@ class Supervisor:
     def build(self) -> None:
         spec = self.spec
         self.bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
-        extra = {k: v for k, v in spec.kafka.config.items()}
+        extra: dict[str, Any] = dict(spec.kafka.config)
         ensure_topics(self.bootstrap, spec, extra)
         sources_done, transforms_done = threading.Event(), threading.Event()
         want = (lambda s: True) if self.stage == "all" else (lambda s: s == self.stage)
@@ -193,7 +193,16 @@ class Supervisor:
         if want("source"):
             for src in spec.sources:
                 self.workers.append(
-                    Worker("source", SourceRunner(ctx("source", None), name=src.name, source=_source(src), topic=src.topic, hooks=self.hooks))
+                    Worker(
+                        "source",
+                        SourceRunner(
+                            ctx("source", None),
+                            name=src.name,
+                            source=_source(src),
+                            topic=src.topic,
+                            hooks=self.hooks,
+                        ),
+                    )
                 )
         if want("transform"):
             for tr in spec.transforms:

@@ -129,7 +129,7 @@ def project_step(fields: list[str] | None, rename: dict[str, str] | None) -> Ste
 
 def route_step(field: str, routes: dict[str, str], default: str | None) -> StepFn:
     def run(items: list[Item]) -> list[Item]:
-        out = []
+        out: list[Item] = []
         for _topic, tok in items:
             v = tok["payload"].get(field)
             dest = routes.get(str(v), default) if v is not None else default

@@ -1,0 +1,242 @@
+"""The pipeline spec: YAML → frozen pydantic models (errors at file:line:col: field).
+
+Relative paths in the spec (topic files, file-source globs, sink directories) are
+resolved against the directory of the pipeline file. Transform steps are one-key
+mappings (``- filter: {...}``, ``- map: "module:function"``); a spec can import
+code only by such dotted names, never carry it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from app.config.yamlsrc import load_model
+
+_NAME = r"^[a-zA-Z0-9_-]+$"
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+STEP_KINDS = ("filter", "map", "flat_map", "project", "route")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _resolve(v: str, info: ValidationInfo) -> str:
+    base = (info.context or {}).get("base_dir")
+    p = Path(v).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return os.path.normpath(str(p))
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: str | None = None
+    config: dict[str, str | int | bool | float] = Field(default_factory=dict)
+
+
+class CommitSettings(_Model):
+    interval_ms: int = Field(default=100, gt=0)
+    max_rows: int = Field(default=10_000, gt=0)
+    transaction_timeout_ms: int = Field(default=30_000, ge=1000)
+
+
+class GeneratorSource(_Model):
+    type: Literal["generator"]
+    name: str = Field(pattern=_NAME)
+    topic: str
+    rows: int | None = Field(default=None, ge=0)
+    seed: int = 0
+    rate_per_s: float | None = Field(default=None, gt=0)
+    key_field: str | None = None
+
+
+class FileSource(_Model):
+    type: Literal["file"]
+    name: str = Field(pattern=_NAME)
+    topic: str
+    path: str
+    format: Literal["ndjson", "csv"] = "ndjson"
+    key_field: str | None = None
+    fingerprint_bytes: int = Field(default=1024, ge=16)
+
+    _abs = field_validator("path")(_resolve)
+
+    @property
+    def resolved_path(self) -> str:
+        return self.path
+
+
+Source = Annotated[GeneratorSource | FileSource, Field(discriminator="type")]
+
+
+class FilterStep(_Model):
+    kind: Literal["filter"] = "filter"
+    field: str
+    op: Literal["eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "exists"]
+    value: Any = None
+
+
+class MapStep(_Model):
+    kind: Literal["map"] = "map"
+    function: str
+
+
+class FlatMapStep(_Model):
+    kind: Literal["flat_map"] = "flat_map"
+    function: str
+
+
+class ProjectStep(_Model):
+    kind: Literal["project"] = "project"
+    fields: list[str] | None = None
+    rename: dict[str, str] | None = None
+
+
+class RouteStep(_Model):
+    kind: Literal["route"] = "route"
+    field: str
+    routes: dict[str, str]
+    default: str | None = None
+
+
+Step = Annotated[FilterStep | MapStep | FlatMapStep | ProjectStep | RouteStep, Field(discriminator="kind")]
+
+
+def _step_from_yaml(item: Any, index: int) -> Any:
+    if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in STEP_KINDS:
+        keys = list(item) if isinstance(item, dict) else type(item).__name__
+        raise ValueError(
+            f"step {index} must be a mapping with exactly one of {', '.join(STEP_KINDS)}; got {keys}"
+        )
+    kind, args = next(iter(item.items()))
+    if kind in ("map", "flat_map"):
+        if not isinstance(args, str) or not _CALLABLE.match(args):
+            raise ValueError(f"step {index}: {kind} needs 'module:function', got {args!r}")
+        return {"kind": kind, "function": args}
+    if not isinstance(args, dict):
+        raise ValueError(f"step {index}: {kind} needs a mapping of arguments")
+    return {"kind": kind, **args}
+
+
+class Transform(_Model):
+    name: str = Field(pattern=_NAME)
+    input: str
+    input_format: Literal["token", "json", "avro", "raw"] = "token"
+    input_schema: str | None = None
+    output: str | None = None
+    steps: list[Step] = Field(default_factory=list)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [_step_from_yaml(item, i) for i, item in enumerate(v)]
+        return v
+
+    @model_validator(mode="after")
+    def _schema(self) -> Transform:
+        if (self.input_format == "avro") != (self.input_schema is not None):
+            raise ValueError("input_schema is required exactly when input_format is avro")
+        return self
+
+
+class PartSettings(_Model):
+    max_rows: int = Field(default=50_000, gt=0)
+    max_bytes: int = Field(default=64 << 20, gt=0)
+    max_age_ms: int = Field(default=5_000, gt=0)
+
+
+class FileSink(_Model):
+    type: Literal["file"]
+    name: str = Field(pattern=_NAME)
+    input: str
+    input_format: Literal["token", "json", "avro", "raw"] = "token"
+    input_schema: str | None = None
+    path: str
+    format: Literal["parquet", "ndjson"] = "parquet"
+    part: PartSettings = Field(default_factory=PartSettings)
+
+    _abs = field_validator("path")(_resolve)
+
+    @property
+    def resolved_path(self) -> str:
+        return self.path
+
+    @model_validator(mode="after")
+    def _schema(self) -> FileSink:
+        if (self.input_format == "avro") != (self.input_schema is not None):
+            raise ValueError("input_schema is required exactly when input_format is avro")
+        return self
+
+
+Sink = Annotated[FileSink, Field(discriminator="type")]
+
+
+class PipelineSpec(_Model):
+    pipeline: str = Field(pattern=_NAME)
+    topics: list[str] = Field(default_factory=list)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    commit: CommitSettings = Field(default_factory=CommitSettings)
+    journal_topic: str | None = None
+    dlq_topic: str | None = None
+    state_dir: str = ".ledgerflow/state"
+    sources: list[Source] = Field(default_factory=list)
+    transforms: list[Transform] = Field(default_factory=list)
+    sinks: list[Sink] = Field(default_factory=list)
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_files(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return [_resolve(x, info) for x in v]
+
+    _state = field_validator("state_dir")(_resolve)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PipelineSpec:
+        for section in ("sources", "transforms", "sinks"):
+            names = [x.name for x in getattr(self, section)]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{section}: duplicate name(s) {', '.join(dupes)}")
+        return self
+
+    @property
+    def journal(self) -> str:
+        return self.journal_topic or f"{self.pipeline}.journal"
+
+    @property
+    def dlq(self) -> str:
+        return self.dlq_topic or f"{self.pipeline}.dlq"
+
+    @property
+    def topic_files(self) -> list[Path]:
+        return [Path(t) for t in self.topics]
+
+    def all_topics(self) -> set[str]:
+        out = {self.journal, self.dlq}
+        out.update(s.topic for s in self.sources)
+        for t in self.transforms:
+            out.add(t.input)
+            if t.output:
+                out.add(t.output)
+            for st in t.steps:
+                if isinstance(st, RouteStep):
+                    out.update(st.routes.values())
+                    if st.default:
+                        out.add(st.default)
+        out.update(s.input for s in self.sinks)
+        return out
+
+
+def load_pipeline(path: Path) -> PipelineSpec:
+    path = Path(path)
+    return load_model(path, PipelineSpec, context={"base_dir": str(path.resolve().parent)})
+
+
+def resolve_bootstrap(spec: PipelineSpec) -> str | None:
+    return spec.kafka.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
