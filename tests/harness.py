@@ -16,6 +16,7 @@ from app.kafka.admin import Admin
 from tests.conftest import KafkaEnv
 
 LEDGERFLOW = [sys.executable, "-m", "app.cli.main"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -41,6 +42,7 @@ def write_pipeline(
     extra_steps: str = "",
     source_block: str | None = None,
     session_timeout_ms: int = 6000,
+    steps: str = "      - project: {rename: {amount: amount_cents}}\n",
 ) -> PipelineFiles:
     raw, clean = f"{name}.raw", f"{name}.clean"
     (tmp / "topics.yaml").write_text(
@@ -84,8 +86,7 @@ sources:
     input: {raw}
     output: {clean}
     steps:
-      - project: {{rename: {{amount: amount_cents}}}}
-{extra_steps}sinks:
+{steps}{extra_steps}sinks:
   - name: files
     type: file
     input: {clean}
@@ -107,6 +108,7 @@ def run(
     env = dict(os.environ)
     env.pop("LEDGERFLOW_CRASH_AT", None)
     env["LEDGERFLOW_LOG_FORMAT"] = "text"
+    env["PYTHONPATH"] = str(REPO)  # test-only user functions live in tests/fns.py
     if crash_at:
         env["LEDGERFLOW_CRASH_AT"] = crash_at
     env.update(env_extra or {})
@@ -127,11 +129,38 @@ def popen(
     env = dict(os.environ)
     env.pop("LEDGERFLOW_CRASH_AT", None)
     env["LEDGERFLOW_LOG_FORMAT"] = "text"
+    env["PYTHONPATH"] = str(REPO)  # test-only user functions live in tests/fns.py
     env.update(env_extra or {})
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
         [*LEDGERFLOW, "run", str(spec), *args], stdout=out, stderr=out, env=env, cwd=spec.parent
     )
+
+
+def wait_for_rows(
+    out: Path, n: int, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None
+) -> list[bytes]:
+    """Poll the sink until it holds at least ``n`` rows."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = sink_lines(out)
+        if len(lines) >= n:
+            return lines
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"pipeline exited with {proc.returncode} before {n} rows ({len(lines)} so far)"
+            )
+        time.sleep(0.3)
+    raise AssertionError(f"sink has {len(sink_lines(out))} rows after {timeout}s, expected {n}")
+
+
+def read_dlq(kafka: KafkaEnv, topic: str) -> list[dict[str, object]]:
+    from app.codecs.dlq import decode_dlq
+    from app.kafka.clients import read_topic_to_end
+
+    return [decode_dlq(r.value) for r in read_topic_to_end(kafka.bootstrap, topic) if r.value]
 
 
 def sink_lines(out: Path) -> list[bytes]:

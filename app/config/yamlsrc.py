@@ -43,7 +43,11 @@ def _convert(node: yaml.Node, path: PathKey, marks: dict[PathKey, tuple[int, int
             )
             if key in out:
                 raise SpecError(
-                    file, knode.start_mark.line + 1, _dotted((*path, key)), f"duplicate key {key!r}"
+                    file,
+                    knode.start_mark.line + 1,
+                    _dotted((*path, key)),
+                    f"duplicate key {key!r}",
+                    knode.start_mark.column + 1,
                 )
             out[key] = _convert(vnode, (*path, key), marks, file)
         return out

@@ -183,7 +183,7 @@ class SinkRunner:
         decode = self.decode
         try:
             while not ctx.stop.is_set():
-                recs = self.consumer.consume(10_000, ctx.interval_s)
+                recs = self.consumer.consume(ctx.max_rows, ctx.interval_s)
                 for rec in recs:
                     tp = (rec.topic, rec.partition)
                     part = self.open.get(tp)

@@ -47,7 +47,7 @@ def _expected_ids() -> set[str]:
 def reference_rows(kafka: KafkaEnv, tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     """Sink rows of an uninterrupted run: what every crashed run must converge to."""
     tmp = tmp_path_factory.mktemp("reference")
-    pf = write_pipeline(tmp, "crashref", kafka, rows=ROWS)
+    pf = write_pipeline(tmp, "crashref", kafka, rows=ROWS, part_rows=500)
     proc = run(pf.spec, "--worker-id", "w1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sorted(assert_exactly_once(kafka, pf, _expected_ids()))
@@ -59,7 +59,7 @@ def test_crash_point(
     kafka: KafkaEnv, tmp_path: Path, reference_rows: list[bytes], point: str, hit: int
 ) -> None:
     name = f"crash-{point.replace('.', '-').replace('_', '-')}-{hit}-{tmp_path.name[-6:]}"
-    pf = write_pipeline(tmp_path, name, kafka, rows=ROWS)
+    pf = write_pipeline(tmp_path, name, kafka, rows=ROWS, part_rows=500)
     crashed = run(pf.spec, "--worker-id", "w1", crash_at=f"{point}:{hit}")
     assert crashed.returncode == CRASH_EXIT_CODE, (
         f"expected the crash at {point}#{hit}, got exit {crashed.returncode}\n{crashed.stderr[-3000:]}"

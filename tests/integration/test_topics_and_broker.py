@@ -1,0 +1,106 @@
+"""Topics as code against the real broker, and the local broker's lifecycle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.kafka.admin import Admin
+from app.kafka.local_broker import LocalBroker, _pid_alive
+from tests.conftest import KafkaEnv
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli.main", *args, "--bootstrap-server", bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_apply_is_idempotent_detects_drift_and_refuses_shrink(
+    kafka: KafkaEnv, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    journal, data = unique("journal"), unique("data")
+    spec = tmp_path / "t.yaml"
+    spec.write_text(
+        f"topics:\n"
+        f"  - {{name: {journal}, partitions: 1, configs: {{cleanup.policy: compact}}}}\n"
+        f"  - {{name: {data}, partitions: 2, configs: {{retention.ms: 3600000}}}}\n"
+    )
+    first = _cli("topics", "apply", str(spec), bootstrap=kafka.bootstrap)
+    assert first.returncode == 0, first.stderr
+    assert f"+ topic {journal} (partitions=1, rf=1, cleanup.policy=compact)" in first.stdout
+    second = _cli("topics", "apply", str(spec), bootstrap=kafka.bootstrap)
+    assert second.returncode == 0 and second.stdout.strip() == "no changes"
+    diff = _cli("topics", "diff", str(spec), bootstrap=kafka.bootstrap)
+    assert diff.returncode == 0 and diff.stdout.strip() == "no changes"
+
+    admin = Admin(kafka.bootstrap)
+    assert admin.non_default_configs([journal])[journal]["cleanup.policy"] == "compact"
+    admin.alter_config(data, "retention.ms", "1000")  # drift made by hand
+    drift = _cli("topics", "diff", str(spec), bootstrap=kafka.bootstrap)
+    assert drift.returncode == 2 and f"~ topic {data}: retention.ms 1000 -> 3600000" in drift.stdout
+    assert _cli("topics", "apply", str(spec), bootstrap=kafka.bootstrap).returncode == 0
+    assert admin.non_default_configs([data])[data]["retention.ms"] == "3600000"
+
+    spec.write_text(f"topics:\n  - {{name: {data}, partitions: 1}}\n")
+    refused = _cli("topics", "apply", str(spec), bootstrap=kafka.bootstrap)
+    assert refused.returncode != 0 and "cannot shrink partitions from 2 to 1" in refused.stderr
+    assert admin.describe_topics([data])[data] == (2, 1)
+
+
+def test_bad_spec_names_file_line_field(kafka: KafkaEnv, tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("topics:\n  - name: x\n    partitions: many\n")
+    proc = _cli("topics", "apply", str(spec), bootstrap=kafka.bootstrap)
+    assert proc.returncode != 0
+    assert f"{spec}:3:17: topics[0].partitions: Input should be a valid integer" in proc.stderr
+
+
+def test_up_twice_is_a_noop_and_down_leaves_no_process(tmp_path: Path) -> None:
+    port = int(os.environ.get("LEDGERFLOW_TEST_KAFKA_PORT2", "39192"))
+    env = {**os.environ, "LEDGERFLOW_KAFKA_DATA": str(tmp_path / "k"), "LEDGERFLOW_KAFKA_PORT": str(port)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli.main", "kafka", *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+            check=False,
+        )
+
+    try:
+        up = cli("up")
+        assert up.returncode == 0 and "started Apache Kafka" in up.stdout, up.stderr
+        state = LocalBroker(tmp_path / "k", port=port).state()
+        assert state is not None and _pid_alive(state.pid)
+        again = cli("up")
+        assert again.returncode == 0 and again.stdout.startswith("already up"), again.stdout
+        assert cli("status").returncode == 0
+        # a port in use is a clear error, not a hang
+        busy = subprocess.run(
+            [sys.executable, "-m", "app.cli.main", "kafka", "up"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "LEDGERFLOW_KAFKA_DATA": str(tmp_path / "other")},
+            check=False,
+        )
+        assert busy.returncode != 0 and f"port {port} on 127.0.0.1 is already taken" in busy.stderr
+    finally:
+        down = cli("down")
+    assert down.returncode == 0 and down.stdout.strip() == "stopped"
+    assert not _pid_alive(state.pid)
+    assert cli("status").returncode == 1
