@@ -9,6 +9,7 @@ from typing import Any
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     IsolationLevel,
+    KafkaError,
     KafkaException,
     TopicPartition,
 )
@@ -75,7 +76,11 @@ class Admin:
             ],
             request_timeout=30,
         )[name]
-        fut.result()
+        try:
+            fut.result()
+        except KafkaException as exc:  # another worker created it first: same outcome
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
 
     def alter_config(self, name: str, key: str, value: str) -> None:
         res = ConfigResource(

@@ -106,6 +106,7 @@ class SinkRunner:
     # -- rebalance ---------------------------------------------------------------
     def _on_assign(self, parts: list[TP]) -> None:
         self.hooks.on_rebalance("sink", self.name, "assigned", len(parts))
+        log.info("sink %s: assigned %s", self.name, parts)
         if parts:
             self.recover(parts)
 

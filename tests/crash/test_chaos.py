@@ -1,0 +1,132 @@
+"""Beyond the matrix: random SIGKILLs, a zombie sink worker, rebalances under load.
+
+Every test ends with the same check as the crash matrix: each input row exactly
+once in the sink, journal consistent, group offsets at the end.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KafkaEnv
+from tests.harness import (
+    PipelineFiles,
+    assert_exactly_once,
+    popen,
+    run,
+    sink_lines,
+    wait_for_rows,
+    write_pipeline,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.crash]
+
+
+def _ids(n: int) -> set[str]:
+    return {f"gen:{i}" for i in range(n)}
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _wait_log(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text():
+            return
+        assert proc.poll() is None, f"worker exited early: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {log} after {timeout}s")
+
+
+def test_twenty_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
+    rows = 100_000
+    pf = write_pipeline(
+        tmp_path, f"kills-{tmp_path.name[-6:]}", kafka, rows=rows, part_rows=5000, max_rows=5000
+    )
+    rng = random.Random(20261122)
+    log = tmp_path / "run.log"
+    progress = []
+    for _ in range(20):
+        proc = popen(pf.spec, "--worker-id", "w1", "--exit-when-done", log=log)
+        time.sleep(rng.uniform(1.5, 4.0))
+        proc.kill()
+        proc.wait(30)
+        progress.append(len(sink_lines(pf.out)))
+    finished = run(pf.spec, "--worker-id", "w1", timeout=400)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert progress[-1] > 0, "the kills never let the pipeline make progress"
+    assert_exactly_once(kafka, pf, _ids(rows))
+
+
+def _staged_pipeline(tmp_path: Path, kafka: KafkaEnv, name: str, rows: int, rate: int) -> PipelineFiles:
+    src = f"""  - name: gen
+    type: generator
+    topic: {name}.raw
+    rows: {rows}
+    seed: 11
+    rate_per_s: {rate}
+"""
+    return write_pipeline(tmp_path, name, kafka, rows=rows, part_rows=1000, source_block=src, partitions=4)
+
+
+def test_zombie_sink_worker_is_fenced(kafka: KafkaEnv, tmp_path: Path) -> None:
+    rows = 30_000
+    pf = _staged_pipeline(tmp_path, kafka, f"zombie-{tmp_path.name[-6:]}", rows, 2500)
+    logs = {n: tmp_path / f"{n}.log" for n in ("src", "tr", "s1", "s2")}
+    src = popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"])
+    tr = popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["tr"])
+    s1 = popen(pf.spec, "--stage", "sink", "--worker-id", "s1", log=logs["s1"])
+    s2 = popen(pf.spec, "--stage", "sink", "--worker-id", "s2", log=logs["s2"])
+    try:
+        wait_for_rows(pf.out, 3000, proc=s1)
+        s1.send_signal(signal.SIGSTOP)  # a zombie: alive, silent, past session.timeout.ms
+        time.sleep(12)
+        s1.send_signal(signal.SIGCONT)
+        wait_for_rows(pf.out, rows, timeout=180, proc=s2)
+        time.sleep(2)
+    finally:
+        _stop(src, tr, s1, s2)
+    assert_exactly_once(kafka, pf, _ids(rows))
+    zombie_log = logs["s1"].read_text()
+    assert any(s in zombie_log for s in ("lost [", "aborting transaction", "fenced")), zombie_log[-3000:]
+    assert "revoked" in logs["s2"].read_text() or "assigned" in logs["s2"].read_text()
+
+
+def test_workers_join_and_leave_under_load(kafka: KafkaEnv, tmp_path: Path) -> None:
+    rows = 30_000
+    pf = _staged_pipeline(tmp_path, kafka, f"rebal-{tmp_path.name[-6:]}", rows, 2500)
+    logs = {n: tmp_path / f"{n}.log" for n in ("src", "t1", "t2", "s1", "s2")}
+    src = popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"])
+    t1 = popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["t1"])
+    s1 = popen(pf.spec, "--stage", "sink", "--worker-id", "s1", log=logs["s1"])
+    t2 = s2 = None
+    try:
+        wait_for_rows(pf.out, 2000, proc=s1)
+        t2 = popen(pf.spec, "--stage", "transform", "--worker-id", "t2", log=logs["t2"])
+        s2 = popen(pf.spec, "--stage", "sink", "--worker-id", "s2", log=logs["s2"])
+        _wait_log(logs["s2"], "sink files: assigned [(", s2)
+        _wait_log(logs["t2"], "transform shape: assigned [(", t2)
+        before = len(sink_lines(pf.out))
+        wait_for_rows(pf.out, before + 3000, timeout=120, proc=s1)
+        _stop(t2, s2)  # leave mid-run
+        wait_for_rows(pf.out, rows, timeout=180, proc=s1)
+        time.sleep(2)
+    finally:
+        _stop(*(p for p in (src, t1, s1, t2, s2) if p is not None))
+    assert_exactly_once(kafka, pf, _ids(rows))
