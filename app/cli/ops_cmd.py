@@ -14,7 +14,7 @@ from app.config.yamlsrc import SpecError
 from app.journal.events import decode_event
 from app.journal.reader import load_journal
 from app.kafka.admin import Admin
-from app.kafka.clients import BatchConsumer
+from app.kafka.clients import BatchConsumer, count_records
 from app.kafka.local_broker import ensure_bootstrap
 from app.runtime.stage import group_id
 from app.sinks.files import FilePartWriter
@@ -109,11 +109,12 @@ def _group_view(admin: Admin, group: str, topic: str, label: str) -> None:
         return
     ends = admin.end_offsets(parts, committed_only=True)
     committed = admin.group_offsets(group, parts)
-    total_lag = 0
+    # lag in records, not offsets: transaction markers occupy offsets too
+    lags = count_records(admin.bootstrap, {tp: (committed.get(tp, 0), ends[tp]) for tp in parts})
     click.echo(f"{label} (group {group}, input {topic}):")
     for tp in parts:
         c = committed.get(tp)
-        lag = ends[tp] - (c or 0)
-        total_lag += max(lag, 0)
-        click.echo(f"  partition {tp[1]}: committed {c if c is not None else '-'}, end {ends[tp]}, lag {lag}")
-    click.echo(f"  total lag {total_lag}")
+        click.echo(
+            f"  partition {tp[1]}: committed {c if c is not None else '-'}, end {ends[tp]}, lag {lags[tp]}"
+        )
+    click.echo(f"  total lag {sum(lags.values())}")

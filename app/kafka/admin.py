@@ -31,6 +31,7 @@ class Admin:
     """Synchronous wrapper over ``AdminClient``; every call waits for its result."""
 
     def __init__(self, bootstrap: str, extra: Mapping[str, Any] | None = None) -> None:
+        self.bootstrap = bootstrap
         conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log}
         conf.update(extra or {})
         self._a = AdminClient(conf)

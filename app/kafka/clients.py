@@ -361,3 +361,48 @@ def read_topic_to_end(
         return out
     finally:
         c.close()
+
+
+def count_records(
+    bootstrap: str,
+    ranges: Mapping[TP, tuple[int, int]],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> dict[TP, int]:
+    """Committed data records in ``[start, end)`` per partition (transaction markers and
+    aborted records are not counted): the true lag behind a group offset."""
+    import time
+    import uuid
+
+    todo = {tp: r for tp, r in ranges.items() if r[1] > r[0]}
+    counts = dict.fromkeys(ranges, 0)
+    if not todo:
+        return counts
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"ledgerflow-count-{uuid.uuid4().hex}",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "logger": log,
+    }
+    conf.update(extra or {})
+    c = Consumer(conf)
+    try:
+        c.assign([TopicPartition(t, p, start) for (t, p), (start, _end) in todo.items()])
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            batch: list[Any] = c.consume(10_000, 0.3)
+            for m in batch:
+                if m.error() is None:
+                    tp = (m.topic(), m.partition())
+                    if tp in todo and m.offset() < todo[tp][1]:
+                        counts[tp] += 1
+            positions: list[Any] = c.position([TopicPartition(t, p) for t, p in todo])
+            for pos in positions:
+                tp = (pos.topic, pos.partition)
+                if pos.offset >= todo[tp][1]:
+                    del todo[tp]
+        return counts
+    finally:
+        c.close()
