@@ -1,4 +1,5 @@
-"""Row token codec: schemaless Avro envelope, JSON payload, fingerprint header.
+"""Row token codec: schemaless Avro envelope (``app.codecs.envelope``), JSON payload,
+fingerprint header.
 
 ``decode`` raises ``CodecError`` with a short ``reason_class`` for anything that is
 not a valid token, so callers can dead-letter it with a reason.
@@ -7,12 +8,10 @@ not a valid token, so callers can dead-letter it with a reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from io import BytesIO
-from typing import Any, cast
+from typing import Any
 
 import orjson
-from fastavro import schemaless_reader, schemaless_writer
-
+from app.codecs.envelope import EnvelopeError, decode_envelope, encode_envelope
 from app.codecs.schemas import load_schema, schema_fingerprint
 from app.tokens import Token
 
@@ -31,36 +30,34 @@ class TokenCodec:
         self.schema = load_schema(TOKEN_SCHEMA)
         self.fingerprint = schema_fingerprint(TOKEN_SCHEMA).encode()
         self.header: tuple[str, bytes] = (SCHEMA_HEADER, self.fingerprint)
-        self._buf = BytesIO()
 
     def encode(self, token: Token) -> bytes:
-        return self.encode_many([token])[0]
+        return encode_envelope(token, orjson.dumps(token["payload"]))  # type: ignore[arg-type]
 
     def encode_many(self, tokens: Sequence[Token]) -> list[bytes]:
-        buf, schema, dumps = self._buf, self.schema, orjson.dumps
-        out: list[bytes] = []
-        for t in tokens:
-            buf.seek(0)
-            buf.truncate()
-            rec = dict(t)
-            rec["payload"] = dumps(t["payload"])
-            schemaless_writer(buf, schema, rec)
-            out.append(buf.getvalue())
-        return out
+        dumps, enc = orjson.dumps, encode_envelope
+        return [enc(t, dumps(t["payload"])) for t in tokens]  # type: ignore[arg-type]
 
     def decode(self, value: bytes) -> Token:
         try:
-            rec = schemaless_reader(BytesIO(value), self.schema, None)
-        except Exception as exc:
+            tid, key, payload_raw, sid, pos, ts, lineage = decode_envelope(value)
+        except (EnvelopeError, UnicodeDecodeError, IndexError) as exc:
             raise CodecError("avro_decode", f"not a ledgerflow token: {type(exc).__name__}: {exc}") from exc
         try:
-            payload = orjson.loads(rec["payload"])
+            payload = orjson.loads(payload_raw)
         except orjson.JSONDecodeError as exc:
             raise CodecError("payload_json", f"token payload is not JSON: {exc}") from exc
         if not isinstance(payload, dict):
             raise CodecError("payload_json", "token payload is not a JSON object")
-        rec["payload"] = payload
-        return cast(Token, rec)
+        return {
+            "token_id": tid,
+            "key": key,
+            "payload": payload,
+            "source_id": sid,
+            "source_position": pos,
+            "event_time_ms": ts,
+            "lineage": lineage,
+        }
 
     def decode_many(self, values: Sequence[bytes]) -> list[Token]:
         return [self.decode(v) for v in values]
