@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+
 from app.codecs.envelope import EnvelopeError, decode_envelope, encode_envelope
 from app.codecs.schemas import load_schema, schema_fingerprint
 from app.tokens import Token
