@@ -78,3 +78,21 @@ def unique() -> Callable[[str], str]:
     """Names unique to one test, so tests share the broker without sharing topics."""
     tag = uuid.uuid4().hex[:8]
     return lambda name: f"t{tag}.{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A real PostgreSQL server (Debian package) on a throwaway data dir and port.
+    Fails — never skips — when the server binaries are missing."""
+    from tests.pgserver import PgServer
+
+    server = PgServer(int(os.environ.get("LEDGERFLOW_TEST_PG_PORT", "35432")))
+    try:
+        server.init()
+    except Exception as exc:
+        server.destroy()
+        pytest.fail(f"no PostgreSQL server for integration tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -10,3 +10,16 @@ def fail_every_97th(row: dict[str, Any]) -> dict[str, Any]:
     if int(row.get("i", 1)) % 97 == 0:
         raise ValueError(f"row {row.get('i')} is unlucky")
     return row
+
+
+def spoil_some(row: dict[str, Any]) -> dict[str, Any]:
+    """Every 500th generated row gets a value PostgreSQL rejects, three kinds in turn."""
+    i = int(row["id"])
+    if i % 500 == 7:
+        kind = (i // 500) % 3
+        if kind == 0:
+            return {**row, "amount": "not-a-number"}  # invalid input syntax for bigint
+        if kind == 1:
+            return {**row, "country": "TOO-LONG"}  # value too long for varchar(2)
+        return {**row, "quantity": -1}  # violates the CHECK constraint
+    return row

@@ -230,3 +230,98 @@ def hanging_transactions(kafka: KafkaEnv, prefix: str) -> list[str]:
         ):
             bad.append(line)
     return bad
+
+
+PG_COLUMNS = """    columns:
+      - {name: token_id, type: text, source: _token_id}
+      - {name: id, type: bigint}
+      - {name: customer, type: text}
+      - {name: country, type: varchar(2)}
+      - {name: amount, type: bigint}
+      - {name: quantity, type: int}
+"""
+
+
+def create_pg_table(dsn: str, table: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(
+            f"CREATE TABLE {table} (token_id text PRIMARY KEY, id bigint NOT NULL, customer text, "
+            f"country varchar(2), amount bigint, quantity int CHECK (quantity > 0))"
+        )
+
+
+def write_pg_pipeline(
+    tmp: Path,
+    name: str,
+    kafka: KafkaEnv,
+    dsn: str,
+    *,
+    rows: int = 10_000,
+    rate: int | None = None,
+    steps: str = "",
+    part_rows: int = 1000,
+    partitions: int = 3,
+) -> PipelineFiles:
+    table = "t_" + name.replace("-", "_")
+    create_pg_table(dsn, table)
+    rate_line = f"    rate_per_s: {rate}\n" if rate else ""
+    src = f"""  - name: gen
+    type: generator
+    topic: {name}.raw
+    rows: {rows}
+    seed: 11
+{rate_line}"""
+    pf = write_pipeline(
+        tmp,
+        name,
+        kafka,
+        rows=rows,
+        source_block=src,
+        part_rows=part_rows,
+        partitions=partitions,
+        steps=steps or "      - project: {fields: [id, customer, country, amount, quantity]}\n",
+    )
+    text = pf.spec.read_text()
+    head, _sep, _tail = text.partition("sinks:\n")
+    pf.spec.write_text(
+        head
+        + f"""sinks:
+  - name: db
+    type: postgres
+    input: {pf.clean}
+    dsn: "{dsn}"
+    table: {table}
+{PG_COLUMNS}    part: {{max_rows: {part_rows}, max_age_ms: 2000}}
+"""
+    )
+    return PipelineFiles(name, pf.spec, Path(table), pf.raw, pf.clean, rows)
+
+
+def assert_pg_exactly_once(kafka: KafkaEnv, pf: PipelineFiles, dsn: str, expected_ids: set[str]) -> None:
+    """Each expected token id exactly once in the table (the primary key makes doubles
+    impossible, so also check the count), offsets table == group offsets == the end."""
+    import psycopg
+
+    table = str(pf.out)
+    with psycopg.connect(dsn) as c:
+        ids = [r[0] for r in c.execute(f"SELECT token_id FROM {table}").fetchall()]
+        stored = dict(
+            c.execute(
+                "SELECT partition, next_offset FROM ledgerflow_offsets WHERE sink = 'db' AND topic = %s",
+                (pf.clean,),
+            ).fetchall()
+        )
+    missing = expected_ids - set(ids)
+    assert not missing, f"{len(missing)} rows lost, e.g. {sorted(missing)[:5]}"
+    assert set(ids) == expected_ids and len(ids) == len(set(ids))
+    admin = Admin(kafka.bootstrap)
+    parts = [(pf.clean, p) for p in admin.partitions_of(pf.clean)]
+    ends = admin.end_offsets(parts)
+    group = admin.group_offsets(f"ledgerflow.{pf.name}.sink.db", parts)
+    for tp in parts:
+        assert group.get(tp) == stored.get(tp[1]), (
+            f"{tp}: group {group.get(tp)} vs database {stored.get(tp[1])}"
+        )
+        assert ends[tp] - stored.get(tp[1], 0) <= 1, f"{tp}: database at {stored.get(tp[1])}, end {ends[tp]}"

@@ -73,6 +73,8 @@ def inspect_cmd(pipeline: str) -> None:
         _group_view(admin, group_id(spec.pipeline, "transform", tr.name), tr.input, f"transform {tr.name}")
     for sink in spec.sinks:
         _group_view(admin, group_id(spec.pipeline, "sink", sink.name), sink.input, f"sink {sink.name}")
+        if sink.type != "file":
+            continue
         writer = FilePartWriter(sink.name, Path(sink.resolved_path), sink.format)
         for p in admin.partitions_of(sink.input):
             parts = [

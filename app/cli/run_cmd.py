@@ -180,6 +180,8 @@ def demo_cmd(pipeline: str) -> None:
     import pyarrow.parquet as pq
 
     for sink in spec.sinks:
+        if sink.type != "file":
+            continue
         out = Path(sink.resolved_path)
         files = sorted(p for p in out.rglob("*") if p.is_file() and "_staging" not in p.parts)
         ids: set[str] = set()

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from app.config.yamlsrc import load_model
 
@@ -174,7 +174,52 @@ class FileSink(_Model):
         return self
 
 
-Sink = Annotated[FileSink, Field(discriminator="type")]
+class PgColumn(_Model):
+    name: str
+    type: str = "text"
+    source: str | None = None  # payload field; "_token_id", "_key", "_event_time_ms" for the envelope
+
+    @property
+    def field(self) -> str:
+        return self.source or self.name
+
+
+class PostgresSink(_Model):
+    type: Literal["postgres"]
+    name: str = Field(pattern=_NAME)
+    input: str
+    input_format: Literal["token", "json", "avro", "raw"] = "token"
+    input_schema: str | None = None
+    dsn: SecretStr | None = None  # never logged; or take it from the env var named by dsn_env
+    dsn_env: str | None = "LEDGERFLOW_PG_DSN"
+    table: str
+    columns: list[PgColumn] = Field(min_length=1)
+    key: list[str] = Field(default_factory=lambda: ["token_id"])
+    create_table: bool = False
+    statement_timeout_ms: int = Field(default=30_000, gt=0)
+    use_copy: bool = True  # COPY into a temp table + INSERT ... ON CONFLICT (else executemany)
+    part: PartSettings = Field(default_factory=PartSettings)
+
+    def resolved_dsn(self) -> str:
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        value = os.environ.get(self.dsn_env or "")
+        if not value:
+            raise ValueError(f"sink {self.name}: no dsn in the spec and ${self.dsn_env} is not set")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> PostgresSink:
+        names = [c.name for c in self.columns]
+        missing = [k for k in self.key if k not in names]
+        if missing:
+            raise ValueError(f"key column(s) {missing} are not among the columns {names}")
+        if (self.input_format == "avro") != (self.input_schema is not None):
+            raise ValueError("input_schema is required exactly when input_format is avro")
+        return self
+
+
+Sink = Annotated[FileSink | PostgresSink, Field(discriminator="type")]
 
 
 class PipelineSpec(_Model):

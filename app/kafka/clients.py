@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_INVALID,
+    OFFSET_STORED,
     Consumer,
     KafkaError,
     KafkaException,
@@ -150,7 +151,7 @@ class BatchConsumer:
         group_id: str,
         *,
         extra: Mapping[str, Any] | None = None,
-        on_assign: Callable[[list[TP]], None] | None = None,
+        on_assign: Callable[[list[TP]], Mapping[TP, int] | None] | None = None,
         on_revoke: Callable[[list[TP], bool], None] | None = None,
     ) -> None:
         conf: dict[str, Any] = {
@@ -174,8 +175,13 @@ class BatchConsumer:
 
     def subscribe(self, topics: Sequence[str]) -> None:
         def assign_cb(consumer: Consumer, parts: list[TopicPartition]) -> None:
-            if self._on_assign is not None:
-                self._on_assign([(tp.topic, tp.partition) for tp in parts])
+            if self._on_assign is None:
+                return
+            starts = self._on_assign([(tp.topic, tp.partition) for tp in parts])
+            if starts:  # the callback knows better than the group where to start
+                for tp in parts:
+                    tp.offset = starts.get((tp.topic, tp.partition), OFFSET_STORED)
+                consumer.incremental_assign(parts)
 
         def revoke_cb(consumer: Consumer, parts: list[TopicPartition]) -> None:
             if self._on_revoke is not None:
@@ -359,6 +365,57 @@ def read_topic_to_end(
                 if tp.offset >= targets[tp.partition]:
                     done.add(tp.partition)
         return out
+    finally:
+        c.close()
+
+
+def read_range(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    start: int,
+    end: int,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> list[InRecord]:
+    """Committed records of one partition with offsets in ``[start, end)``."""
+    import time
+    import uuid
+
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"ledgerflow-range-{uuid.uuid4().hex}",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "logger": log,
+    }
+    conf.update(extra or {})
+    c = Consumer(conf)
+    out: list[InRecord] = []
+    try:
+        c.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch: list[Any] = c.consume(10_000, 0.3)
+            for m in batch:
+                if m.error() is None and m.offset() < end:
+                    ts_type, ts = m.timestamp()
+                    out.append(
+                        InRecord(
+                            m.topic(),
+                            m.partition(),
+                            m.offset(),
+                            m.key(),
+                            m.value(),
+                            m.headers(),
+                            ts if ts_type else None,
+                        )
+                    )
+            pos: Any = c.position([TopicPartition(topic, partition)])[0].offset
+            if pos >= end:
+                return out
+        raise TimeoutError(f"reading {topic}/{partition} [{start}, {end}) timed out")
     finally:
         c.close()
 

@@ -61,7 +61,9 @@ class PrometheusHooks:
 
     def on_commit(self, stage: str, name: str, batch: Batch, seconds: float) -> None:
         lab = (self.pipeline, stage, name)
-        out = sum(len(o.values) for o in batch.outputs) + sum(p.rows for p in batch.parts)
+        out = (
+            sum(len(o.values) for o in batch.outputs) + sum(p.rows for p in batch.parts) + batch.rows_written
+        )
         self.rows_in.labels(*lab).inc(batch.rows_in)
         self.rows_out.labels(*lab).inc(out)
         if batch.dlq:

@@ -3,8 +3,11 @@
 Every runner (source, transform, sink) ends a batch by handing a ``Batch`` to
 ``CommitSeam.commit``. The order, for every runner:
 
-1. the sink's part is already prepared (staged + fsynced) by the caller: that is the
-   sink's acknowledgement                                   -> ``sink.after_prepare``
+0. transactional sinks only (PostgreSQL): the sink's own transaction commits
+   rows + its stored offsets: THE commit point for them
+                                                            -> ``sink.db_after_commit_before_kafka``
+1. two-phase sinks: the part is already prepared (staged + fsynced) by the caller:
+   that is the sink's acknowledgement                      -> ``sink.after_prepare``
 2. begin the Kafka transaction
 3. produce output records, DLQ records and journal events (checkpoints,
    ``part_committed``, ``part_finalized`` left over from earlier batches)
@@ -52,7 +55,14 @@ MAX_RETRIES = 5
 
 
 class BatchAborted(Exception):
-    """The transaction was aborted; nothing of the batch is visible. Rewind and go on."""
+    """The Kafka transaction was aborted; nothing of it is visible. Rewind and go on.
+
+    ``external_committed`` says the sink's own commit (step 0) had already happened:
+    the sink's stored offsets are then ahead of Kafka and the runner reconciles."""
+
+    def __init__(self, message: str, external_committed: bool = False) -> None:
+        super().__init__(message)
+        self.external_committed = external_committed
 
 
 class WorkerFenced(Exception):
@@ -75,14 +85,17 @@ class Batch:
 
     outputs: list[TopicRecords] = field(default_factory=list)
     dlq: list[bytes] = field(default_factory=list)
-    checkpoints: list[JournalEvent] = field(default_factory=list)
+    journal: list[JournalEvent] = field(default_factory=list)  # checkpoints, part events
     offsets: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, next offset)
     parts: list[PreparedPart] = field(default_factory=list)
     rows_in: int = 0
+    rows_written: int = 0  # rows a transactional sink committed (metrics only)
+    # transactional sinks: the sink's own commit (the commit point); returns DLQ records
+    external: Callable[[], list[bytes]] | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.outputs or self.dlq or self.checkpoints or self.offsets or self.parts)
+        return not (self.outputs or self.dlq or self.journal or self.offsets or self.parts or self.external)
 
 
 class CommitSeam:
@@ -134,8 +147,14 @@ class CommitSeam:
         if batch.parts:
             crash_point("sink.after_prepare")
         started = time.perf_counter()
+        dlq = batch.dlq
+        if batch.external is not None:
+            # transactional sink (PostgreSQL): ITS commit is the commit point; the Kafka
+            # transaction below only records it (journal + offsets + DLQ).
+            dlq = [*dlq, *batch.external()]
+            crash_point("sink.db_after_commit_before_kafka")
         journal = list(self._pending_finalized)
-        journal.extend(batch.checkpoints)
+        journal.extend(batch.journal)
         part_events = [self._part_event("part_committed", p) for p in batch.parts]
         journal.extend(part_events)
         try:
@@ -143,7 +162,7 @@ class CommitSeam:
             for out in batch.outputs:
                 self.producer.produce_batch(out.topic, out.values, out.keys, out.headers)
             crash_point(f"{stage}.after_produce")
-            for value in batch.dlq:
+            for value in dlq:
                 self.producer.produce(self.dlq_topic, value, None, self._dlq_headers())
             for ev in journal:
                 self.producer.produce(self.journal_topic, encode_event(ev), ev.key.encode())
@@ -157,7 +176,7 @@ class CommitSeam:
             self._call("commit", self.producer.commit)  # ---- THE COMMIT POINT ----
         except (AbortableKafkaError, RetriableKafkaError) as exc:
             self._abort(batch, exc)
-            raise BatchAborted(str(exc)) from exc
+            raise BatchAborted(str(exc), external_committed=batch.external is not None) from exc
         crash_point(f"{stage}.after_commit")
         self._pending_finalized.clear()
         self.hooks.on_commit(self.stage, self.name, batch, time.perf_counter() - started)

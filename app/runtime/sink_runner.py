@@ -23,14 +23,16 @@ import time
 from dataclasses import dataclass, field
 
 from app.codecs.tokens import CodecError
+from app.journal.events import PartInfo, part_key
 from app.journal.reader import load_journal, pending_parts
-from app.journal.writer import info_event
-from app.kafka.clients import TP, BatchConsumer, TxnProducer
+from app.journal.writer import info_event, part_event
+from app.kafka.clients import TP, BatchConsumer, InRecord, TxnProducer, read_range
 from app.observability.hooks import Hooks
 from app.runtime.commit import Batch, BatchAborted, CommitSeam
 from app.runtime.stage import Progress, StageContext, group_id, transactional_id
 from app.runtime.transform_runner import Decoder, dead_letter
 from app.sinks.base import PartWriter, PreparedPart
+from app.sinks.postgres import CasFailed, PostgresWriter
 from app.tokens import Token
 
 log = logging.getLogger("ledgerflow.sink")
@@ -45,6 +47,7 @@ class OpenPart:
     first: int = -1
     last: int = -1
     tokens: list[Token] = field(default_factory=list)
+    records: list[InRecord] = field(default_factory=list)  # transactional sinks: for DLQ of rejects
     dlq: list[bytes] = field(default_factory=list)
     nbytes: int = 0
     opened: float = field(default_factory=time.monotonic)
@@ -65,15 +68,18 @@ class SinkRunner:
         name: str,
         input_topic: str,
         decoder: Decoder,
-        writer: PartWriter,
+        writer: PartWriter | None,
         limits: PartLimits,
         hooks: Hooks,
+        db: PostgresWriter | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = name
         self.input_topic = input_topic
         self.decode = decoder
         self.writer = writer
+        self.db = db
+        self.expected: dict[TP, int | None] = {}  # transactional sinks: stored offset per partition
         self.limits = limits
         self.hooks = hooks
         self.progress = Progress()
@@ -104,20 +110,80 @@ class SinkRunner:
         )
 
     # -- rebalance ---------------------------------------------------------------
-    def _on_assign(self, parts: list[TP]) -> None:
+    def _on_assign(self, parts: list[TP]) -> dict[TP, int] | None:
         self.hooks.on_rebalance("sink", self.name, "assigned", len(parts))
         log.info("sink %s: assigned %s", self.name, parts)
-        if parts:
-            self.recover(parts)
+        if not parts:
+            return None
+        if self.db is not None:
+            return self.recover_db(parts)
+        self.recover(parts)
+        return None
 
     def _on_revoke(self, parts: list[TP], lost: bool) -> None:
         self.hooks.on_rebalance("sink", self.name, "lost" if lost else "revoked", len(parts))
         for tp in parts:
             self.open.pop(tp, None)
+            self.expected.pop(tp, None)
         log.info("sink %s: %s %s; open parts dropped", self.name, "lost" if lost else "revoked", parts)
+
+    def recover_db(self, parts: list[TP]) -> dict[TP, int]:
+        """Transactional sink: the database's stored offsets are authoritative. Where
+        Kafka (group offsets, journal, DLQ) lags them, record what the database already
+        committed in one Kafka transaction, then start consuming at the stored offsets."""
+        assert self.db is not None
+        starts: dict[TP, int] = {}
+        committed = self.consumer.committed(parts)
+        by_topic: dict[str, list[int]] = {}
+        for t, p in parts:
+            by_topic.setdefault(t, []).append(p)
+        for topic, ps in by_topic.items():
+            stored = self.db.stored_offsets(topic, ps)
+            for p in ps:
+                tp = (topic, p)
+                self.expected[tp] = stored.get(p)
+                if p not in stored:
+                    continue
+                starts[tp] = stored[p]
+                kafka_at = committed.get(tp) or 0
+                if kafka_at < stored[p]:
+                    self._reconcile(topic, p, kafka_at, stored[p])
+        return starts
+
+    def _reconcile(self, topic: str, partition: int, start: int, end: int) -> None:
+        assert self.db is not None
+        rejects = self.db.rejects(topic, partition, start, end)
+        dlq: list[bytes] = []
+        if rejects:
+            stage = f"sink/{self.name}"
+            for rec in read_range(
+                self.ctx.bootstrap, topic, partition, start, end, extra=self.ctx.kafka_extra
+            ):
+                if rec.offset in rejects:
+                    dlq.append(dead_letter(self.ctx, stage, rec, "db_rejected", rejects[rec.offset]))
+        detail = {
+            "action": "reconciled_from_db",
+            "topic": topic,
+            "partition": str(partition),
+            "from": str(start),
+            "to": str(end),
+            "rejects": str(len(rejects)),
+        }
+        event = info_event(self.ctx.corr, "recovery", f"recovery/{self.name}/{topic}/{partition}", detail)
+        self.seam.commit(Batch(dlq=dlq, journal=[event], offsets=[(topic, partition, end)]))
+        self.hooks.on_recovery("sink", self.name, "reconciled_from_db")
+        log.warning(
+            "sink %s: %s/%d: Kafka lagged the database (%d < %d); reconciled",
+            self.name,
+            topic,
+            partition,
+            start,
+            end,
+        )
 
     def recover(self, parts: list[TP]) -> None:
         """Finalize committed-but-unfinalized parts; delete unreferenced staging."""
+        assert self.writer is not None
         events = load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
         pending = pending_parts(events, self.name, set(parts))
         keep: set[str] = set()
@@ -182,6 +248,7 @@ class SinkRunner:
         idle_since: float | None = None
         stage = f"sink/{self.name}"
         decode = self.decode
+        keep_records = self.db is not None
         try:
             while not ctx.stop.is_set():
                 recs = self.consumer.consume(ctx.max_rows, ctx.interval_s)
@@ -193,6 +260,8 @@ class SinkRunner:
                     part.last = rec.offset
                     try:
                         part.tokens.append(decode(rec))
+                        if keep_records:
+                            part.records.append(rec)
                         part.nbytes += len(rec.value or b"")
                     except CodecError as exc:
                         part.dlq.append(dead_letter(ctx, stage, rec, exc.reason_class, str(exc)))
@@ -233,6 +302,10 @@ class SinkRunner:
         return all(ends[tp] - (pos.get(tp) or 0) <= 1 for tp in parts)
 
     def _commit(self, due: list[TP]) -> None:
+        if self.db is not None:
+            self._commit_db(due)
+            return
+        assert self.writer is not None
         prepared: list[PreparedPart] = []
         dlq: list[bytes] = []
         offsets: list[tuple[str, int, int]] = []
@@ -258,3 +331,79 @@ class SinkRunner:
         self.progress.rows_out += sum(p.rows for p in prepared)
         self.progress.dlq += len(dlq)
         self.progress.commits += 1
+
+    def _commit_db(self, due: list[TP]) -> None:
+        """One DB transaction per part (the commit point), then one Kafka transaction
+        recording them all: part_committed events, DLQ for rejected rows, offsets."""
+        db = self.db
+        assert db is not None
+        stage = f"sink/{self.name}"
+        offsets: list[tuple[str, int, int]] = []
+        journal = []
+        dlq: list[bytes] = []
+        rows_in = 0
+        for tp in due:
+            p = self.open[tp]
+            offsets.append((tp[0], tp[1], p.last + 1))
+            dlq.extend(p.dlq)
+            rows_in += len(p.tokens) + len(p.dlq)
+        written = 0
+
+        def external() -> list[bytes]:
+            nonlocal written
+            out: list[bytes] = []
+            for tp in due:
+                p = self.open[tp]
+                nxt = p.last + 1
+                res = db.write_part(
+                    tp[0], tp[1], self.expected.get(tp), nxt, p.tokens, [r.offset for r in p.records]
+                )
+                self.expected[tp] = nxt
+                written += res.written
+                for idx, err in res.rejects:
+                    out.append(dead_letter(self.ctx, stage, p.records[idx], "db_rejected", err))
+                info = PartInfo(
+                    self.name, tp[0], tp[1], p.first, p.last, res.written, 0, "", "", f"postgres:{db.table}"
+                )
+                journal.append(
+                    part_event(
+                        self.ctx.corr, "part_committed", part_key(self.name, tp[0], tp[1], p.first), info
+                    )
+                )
+            return out
+
+        batch = Batch(dlq=dlq, journal=journal, offsets=offsets, rows_in=rows_in, external=external)
+        try:
+            self.seam.commit(batch)
+        except CasFailed as exc:
+            log.error(
+                "sink %s: %s; rolled back, giving up the partition state and re-syncing", self.name, exc
+            )
+            self.hooks.on_fenced("sink", self.name)
+            self._resync()
+            return
+        except BatchAborted:
+            self.progress.aborts += 1
+            self._resync()
+            return
+        batch.rows_written = written
+        for tp in due:
+            del self.open[tp]
+        self.progress.rows_in += rows_in
+        self.progress.rows_out += written
+        self.progress.dlq += len(dlq)
+        self.progress.commits += 1
+
+    def _resync(self) -> None:
+        """After a failed part: drop open parts, reconcile, restart at the stored offsets."""
+        self.open.clear()
+        parts = self.consumer.assignment()
+        starts = self.recover_db(parts) if parts else {}
+        for t, p in parts:
+            self.consumer.seek(
+                t,
+                p,
+                starts.get((t, p), None)
+                if (t, p) in starts
+                else self.consumer.committed([(t, p)]).get((t, p)),
+            )

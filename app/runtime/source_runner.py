@@ -109,7 +109,7 @@ class SourceRunner:
                     )
                     for d in dead
                 ],
-                checkpoints=[checkpoint_event(ctx.corr, cp) for cp in cps.values()],
+                journal=[checkpoint_event(ctx.corr, cp) for cp in cps.values()],
                 rows_in=len(tokens) + len(dead),
             )
             try:

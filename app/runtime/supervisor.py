@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from app.codecs.external import make_external_decoder
 from app.codecs.tokens import TokenCodec
-from app.config.pipeline import PipelineSpec, resolve_bootstrap
+from app.config.pipeline import PipelineSpec, PostgresSink, resolve_bootstrap
 from app.config.topics import TopicSpec, load_topic_specs
 from app.journal.writer import Correlation
 from app.kafka.admin import Admin
@@ -40,6 +40,7 @@ from app.runtime.source_runner import SourceRunner
 from app.runtime.stage import Progress, StageContext
 from app.runtime.transform_runner import Decoder, TransformRunner, external_decoder, token_decoder
 from app.sinks.files import FilePartWriter
+from app.sinks.postgres import Column, PostgresWriter
 from app.sources.base import Source
 from app.sources.file_tail import FileTailSource
 from app.sources.generator import GeneratorSource
@@ -219,8 +220,23 @@ class Supervisor:
                 self.workers.append(Worker("transform", runner))
         if want("sink"):
             for sk in spec.sinks:
-                writer = FilePartWriter(sk.name, Path(sk.resolved_path), sk.format)
                 limits = PartLimits(sk.part.max_rows, sk.part.max_bytes, sk.part.max_age_ms / 1000)
+                writer: FilePartWriter | None = None
+                db: PostgresWriter | None = None
+                if isinstance(sk, PostgresSink):
+                    db = PostgresWriter(
+                        sk.name,
+                        sk.resolved_dsn(),
+                        sk.table,
+                        [Column(c.name, c.type, c.field) for c in sk.columns],
+                        sk.key,
+                        create_table=sk.create_table,
+                        statement_timeout_ms=sk.statement_timeout_ms,
+                        use_copy=sk.use_copy,
+                    )
+                    db.ensure_schema()
+                else:
+                    writer = FilePartWriter(sk.name, Path(sk.resolved_path), sk.format)
                 runner_s = SinkRunner(
                     ctx("sink", transforms_done),
                     name=sk.name,
@@ -229,6 +245,7 @@ class Supervisor:
                     writer=writer,
                     limits=limits,
                     hooks=self.hooks,
+                    db=db,
                 )
                 self.workers.append(Worker("sink", runner_s))
         self._sources_done, self._transforms_done = sources_done, transforms_done

@@ -17,6 +17,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]' >&2
   echo "$want" > "$stamp"
 fi
+# PostgreSQL server for the PostgreSQL sink's tests (Debian package; root installs it)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing PostgreSQL (apt-get install postgresql)" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+  else
+    echo "bootstrap: PostgreSQL server binaries (initdb) not found; install the 'postgresql' package" >&2
+  fi
+fi
 for tool in java mvn; do
   command -v "$tool" >/dev/null || { echo "bootstrap: $tool is required (Java 17+ and Maven)" >&2; exit 1; }
 done

@@ -1,0 +1,77 @@
+"""Crash matrix of the PostgreSQL sink, and a zombie whose compare-and-set fails."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.faults import CRASH_EXIT_CODE
+from tests.conftest import KafkaEnv
+from tests.harness import assert_pg_exactly_once, popen, run, write_pg_pipeline
+
+pytestmark = [pytest.mark.integration, pytest.mark.crash]
+
+ROWS = 10_000
+POINTS = [
+    "sink.db_before_commit",
+    "sink.db_after_commit_before_kafka",
+    "sink.db_mid_batch",
+    "sink.before_commit",
+]
+
+
+@pytest.mark.parametrize("hit", [1, 3])
+@pytest.mark.parametrize("point", POINTS)
+def test_pg_crash_point(kafka: KafkaEnv, postgres: Any, tmp_path: Path, point: str, hit: int) -> None:
+    name = f"pgc-{point.split('.')[1].replace('_', '-')}-{hit}-{tmp_path.name[-4:]}"
+    pf = write_pg_pipeline(tmp_path, name, kafka, postgres.dsn, rows=ROWS, part_rows=500)
+    crashed = run(pf.spec, "--worker-id", "w1", crash_at=f"{point}:{hit}")
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    finished = run(pf.spec, "--worker-id", "w1")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert_pg_exactly_once(kafka, pf, postgres.dsn, {f"gen:{i}" for i in range(ROWS)})
+
+
+def test_pg_zombie_cas_fails(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
+    rows = 30_000
+    pf = write_pg_pipeline(
+        tmp_path, f"pgz-{tmp_path.name[-6:]}", kafka, postgres.dsn, rows=rows, rate=2500, partitions=4
+    )
+    logs = {n: tmp_path / f"{n}.log" for n in ("src", "tr", "s1", "s2")}
+    procs = [
+        popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"]),
+        popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["tr"]),
+        popen(pf.spec, "--stage", "sink", "--worker-id", "s1", log=logs["s1"]),
+        popen(pf.spec, "--stage", "sink", "--worker-id", "s2", log=logs["s2"]),
+    ]
+    s1 = procs[2]
+    try:
+        time.sleep(6)
+        s1.send_signal(signal.SIGSTOP)
+        time.sleep(12)
+        s1.send_signal(signal.SIGCONT)
+        import psycopg
+
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with psycopg.connect(postgres.dsn) as c:
+                row = c.execute(f"SELECT count(*) FROM {pf.out}").fetchone()
+            if row and row[0] >= rows:
+                break
+            time.sleep(0.5)
+        time.sleep(3)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+    assert_pg_exactly_once(kafka, pf, postgres.dsn, {f"gen:{i}" for i in range(rows)})
+    zombie = logs["s1"].read_text()
+    assert any(s in zombie for s in ("another owner advanced", "lost [", "aborting transaction")), zombie[
+        -3000:
+    ]
