@@ -132,14 +132,10 @@ def popen(
     env["PYTHONPATH"] = str(REPO)  # test-only user functions live in tests/fns.py
     env.update(env_extra or {})
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
-        [*LEDGERFLOW, "run", str(spec), *args], stdout=out, stderr=out, env=env, cwd=spec.parent
-    )
+    return subprocess.Popen([*LEDGERFLOW, "run", str(spec), *args], stdout=out, stderr=out, env=env, cwd=spec.parent)
 
 
-def wait_for_rows(
-    out: Path, n: int, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None
-) -> list[bytes]:
+def wait_for_rows(out: Path, n: int, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None) -> list[bytes]:
     """Poll the sink until it holds at least ``n`` rows."""
     import time
 
@@ -149,9 +145,7 @@ def wait_for_rows(
         if len(lines) >= n:
             return lines
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(
-                f"pipeline exited with {proc.returncode} before {n} rows ({len(lines)} so far)"
-            )
+            raise AssertionError(f"pipeline exited with {proc.returncode} before {n} rows ({len(lines)} so far)")
         time.sleep(0.3)
     raise AssertionError(f"sink has {len(sink_lines(out))} rows after {timeout}s, expected {n}")
 
@@ -210,9 +204,7 @@ def assert_exactly_once(kafka: KafkaEnv, pf: PipelineFiles, expected_ids: set[st
         committed = admin.group_offsets(group, parts)
         for tp in parts:
             # only a transaction marker may follow the committed offset
-            assert ends[tp] - committed.get(tp, 0) <= 1, (
-                f"{group} {tp}: committed {committed.get(tp)} end {ends[tp]}"
-            )
+            assert ends[tp] - committed.get(tp, 0) <= 1, f"{group} {tp}: committed {committed.get(tp)} end {ends[tp]}"
     return lines
 
 
@@ -223,11 +215,7 @@ def hanging_transactions(kafka: KafkaEnv, prefix: str) -> list[str]:
     bad = []
     for line in proc.stdout.splitlines()[1:]:
         cols = re.split(r"\s+", line.strip())
-        if (
-            cols
-            and cols[0].startswith(prefix)
-            and any(s in line for s in ("Ongoing", "PrepareCommit", "PrepareAbort"))
-        ):
+        if cols and cols[0].startswith(prefix) and any(s in line for s in ("Ongoing", "PrepareCommit", "PrepareAbort")):
             bad.append(line)
     return bad
 
@@ -321,7 +309,5 @@ def assert_pg_exactly_once(kafka: KafkaEnv, pf: PipelineFiles, dsn: str, expecte
     ends = admin.end_offsets(parts)
     group = admin.group_offsets(f"ledgerflow.{pf.name}.sink.db", parts)
     for tp in parts:
-        assert group.get(tp) == stored.get(tp[1]), (
-            f"{tp}: group {group.get(tp)} vs database {stored.get(tp[1])}"
-        )
+        assert group.get(tp) == stored.get(tp[1]), f"{tp}: group {group.get(tp)} vs database {stored.get(tp[1])}"
         assert ends[tp] - stored.get(tp[1], 0) <= 1, f"{tp}: database at {stored.get(tp[1])}, end {ends[tp]}"

@@ -53,9 +53,7 @@ class PgServer:
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c max_connections=50"
-        self._run(
-            _bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", opts, "-w", "start"
-        )
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", opts, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop", check=False)

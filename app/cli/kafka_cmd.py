@@ -28,9 +28,7 @@ def _broker(data_dir: str | None, port: int | None) -> LocalBroker:
 
 
 _data_opt = click.option("--data-dir", default=None, help="Broker data dir [.ledgerflow/kafka].")
-_port_opt = click.option(
-    "--port", type=int, default=None, help=f"Broker port [{DEFAULT_PORT}]; controller = port+1."
-)
+_port_opt = click.option("--port", type=int, default=None, help=f"Broker port [{DEFAULT_PORT}]; controller = port+1.")
 
 
 @click.group("kafka")

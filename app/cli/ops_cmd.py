@@ -116,7 +116,5 @@ def _group_view(admin: Admin, group: str, topic: str, label: str) -> None:
     click.echo(f"{label} (group {group}, input {topic}):")
     for tp in parts:
         c = committed.get(tp)
-        click.echo(
-            f"  partition {tp[1]}: committed {c if c is not None else '-'}, end {ends[tp]}, lag {lags[tp]}"
-        )
+        click.echo(f"  partition {tp[1]}: committed {c if c is not None else '-'}, end {ends[tp]}, lag {lags[tp]}")
     click.echo(f"  total lag {sum(lags.values())}")

@@ -121,9 +121,7 @@ def run_spec(
 @click.option("--exit-when-done", is_flag=True, help="Return once finite sources are exhausted and drained.")
 @click.option("--metrics-port", type=int, default=None, envvar="LEDGERFLOW_METRICS_PORT")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, envvar="LEDGERFLOW_METRICS_HOST")
-@click.option(
-    "--grace", type=float, default=30.0, show_default=True, help="Seconds to finish open batches on SIGTERM."
-)
+@click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to finish open batches on SIGTERM.")
 def run_cmd(
     pipeline: str,
     stage: str,
@@ -196,7 +194,5 @@ def demo_cmd(pipeline: str) -> None:
         click.echo(f"sink {sink.name}: {rows:,} rows in {len(files)} part file(s) under {out}")
         click.echo(f"sink {sink.name}: {len(ids):,} distinct token ids ({rows - len(ids)} duplicates)")
     gen_rows = sum(s.rows or 0 for s in spec.sources if s.type == "generator")
-    click.echo(
-        f"demo finished in {elapsed:.1f}s ({gen_rows / max(elapsed, 1e-9):,.0f} source rows/s end to end)"
-    )
+    click.echo(f"demo finished in {elapsed:.1f}s ({gen_rows / max(elapsed, 1e-9):,.0f} source rows/s end to end)")
     click.echo(f"journal: ledgerflow journal tail {pipeline}   state: ledgerflow inspect {pipeline}")

@@ -110,9 +110,7 @@ Step = Annotated[FilterStep | MapStep | FlatMapStep | ProjectStep | RouteStep, F
 def _step_from_yaml(item: Any, index: int) -> Any:
     if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in STEP_KINDS:
         keys = list(item) if isinstance(item, dict) else type(item).__name__
-        raise ValueError(
-            f"step {index} must be a mapping with exactly one of {', '.join(STEP_KINDS)}; got {keys}"
-        )
+        raise ValueError(f"step {index} must be a mapping with exactly one of {', '.join(STEP_KINDS)}; got {keys}")
     kind, args = next(iter(item.items()))
     if kind in ("map", "flat_map"):
         if not isinstance(args, str) or not _CALLABLE.match(args):

@@ -103,9 +103,7 @@ class TopicPlan:
         for t, old, new in self.add_partitions:
             lines.append(f"~ topic {t}: partitions {old} -> {new}")
         for c in self.alter:
-            lines.append(
-                f"~ topic {c.topic}: {c.key} {c.old if c.old is not None else '(default)'} -> {c.new}"
-            )
+            lines.append(f"~ topic {c.topic}: {c.key} {c.old if c.old is not None else '(default)'} -> {c.new}")
         lines.extend(f"! refused: {r}" for r in self.refused)
         return "\n".join(lines)
 

@@ -36,11 +36,7 @@ def _convert(node: yaml.Node, path: PathKey, marks: dict[PathKey, tuple[int, int
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for knode, vnode in node.value:
-            key = (
-                yaml.safe_load(yaml.serialize(knode))
-                if not isinstance(knode, yaml.ScalarNode)
-                else knode.value
-            )
+            key = yaml.safe_load(yaml.serialize(knode)) if not isinstance(knode, yaml.ScalarNode) else knode.value
             if key in out:
                 raise SpecError(
                     file,
@@ -74,9 +70,7 @@ def load_yaml(file: Path) -> tuple[Any, dict[PathKey, tuple[int, int]]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else 1
-        raise SpecError(
-            file, line, "", f"YAML syntax error: {exc.problem}", (mark.column + 1) if mark else 1
-        ) from exc
+        raise SpecError(file, line, "", f"YAML syntax error: {exc.problem}", (mark.column + 1) if mark else 1) from exc
     if node is None:
         return {}, {(): (1, 1)}
     marks: dict[PathKey, tuple[int, int]] = {}

@@ -58,7 +58,5 @@ def pending_parts(
         and ev.part is not None
         and (ev.part.topic, ev.part.partition) in partitions
     ]
-    out.sort(
-        key=lambda ev: (ev.part.topic, ev.part.partition, ev.part.first_offset) if ev.part else ("", 0, 0)
-    )
+    out.sort(key=lambda ev: (ev.part.topic, ev.part.partition, ev.part.first_offset) if ev.part else ("", 0, 0))
     return out

@@ -59,9 +59,7 @@ def part_event(corr: Correlation, kind: str, key: str, part: PartInfo, generatio
     )
 
 
-def info_event(
-    corr: Correlation, kind: str, key: str, detail: dict[str, str], generation: int = -1
-) -> JournalEvent:
+def info_event(corr: Correlation, kind: str, key: str, detail: dict[str, str], generation: int = -1) -> JournalEvent:
     """run_started / run_stopped / recovery events."""
     return JournalEvent(
         kind=kind,  # type: ignore[arg-type]

@@ -58,14 +58,10 @@ class Admin:
         out: dict[str, dict[str, str]] = {}
         for res, fut in futures.items():
             entries = fut.result()
-            out[res.name] = {
-                k: str(v.value) for k, v in entries.items() if int(v.source) == _DYNAMIC_TOPIC_CONFIG
-            }
+            out[res.name] = {k: str(v.value) for k, v in entries.items() if int(v.source) == _DYNAMIC_TOPIC_CONFIG}
         return out
 
-    def create_topic(
-        self, name: str, partitions: int, replication_factor: int, configs: Mapping[str, str]
-    ) -> None:
+    def create_topic(self, name: str, partitions: int, replication_factor: int, configs: Mapping[str, str]) -> None:
         fut = self._a.create_topics(
             [
                 NewTopic(

@@ -331,9 +331,7 @@ def read_topic_to_end(
         while len(done) < len(targets):
             if time.monotonic() > deadline:
                 missing = {p: targets[p] for p in targets if p not in done}
-                raise TimeoutError(
-                    f"reading {topic} to its end timed out (open transaction?); waiting for {missing}"
-                )
+                raise TimeoutError(f"reading {topic} to its end timed out (open transaction?); waiting for {missing}")
             batch: list[Any] = c.consume(10_000, 0.5)
             for m in batch:
                 err = m.error()

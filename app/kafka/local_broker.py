@@ -282,20 +282,14 @@ class LocalBroker:
         self.state_file.write_text(json.dumps(asdict(state)))
         if not self._wait_ready(state, timeout, proc):
             self.down()
-            raise BrokerError(
-                f"broker did not answer within {timeout:.0f}s; last log lines:\n{self.tail(30)}"
-            )
+            raise BrokerError(f"broker did not answer within {timeout:.0f}s; last log lines:\n{self.tail(30)}")
         return state, True
 
-    def _wait_ready(
-        self, state: BrokerState, timeout: float, proc: subprocess.Popen[bytes] | None = None
-    ) -> bool:
+    def _wait_ready(self, state: BrokerState, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise BrokerError(
-                    f"broker exited with status {proc.returncode}; last log lines:\n{self.tail(30)}"
-                )
+                raise BrokerError(f"broker exited with status {proc.returncode}; last log lines:\n{self.tail(30)}")
             if answers_metadata(state.bootstrap, timeout=1.0):
                 return True
             time.sleep(0.3)
@@ -335,9 +329,7 @@ class LocalBroker:
         quiet = cache_dir() / "tools-log4j2.properties"
         if not quiet.exists():
             quiet.parent.mkdir(parents=True, exist_ok=True)
-            quiet.write_text(
-                _LOG4J2.format(kind="Console", target="appender.out.target = SYSTEM_ERR\n", level="WARN")
-            )
+            quiet.write_text(_LOG4J2.format(kind="Console", target="appender.out.target = SYSTEM_ERR\n", level="WARN"))
         argv = list(args)
         if not any(a in ("--bootstrap-server", "--broker-list") for a in argv):
             argv = ["--bootstrap-server", bootstrap or self.bootstrap, *argv]

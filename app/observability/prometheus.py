@@ -25,16 +25,10 @@ class PrometheusHooks:
         self.registry = registry or CollectorRegistry()
         labels = ["pipeline", "stage", "name"]
         r = self.registry
-        self.rows_in = Counter(
-            "ledgerflow_rows_in", "Input rows covered by committed transactions", labels, registry=r
-        )
-        self.rows_out = Counter(
-            "ledgerflow_rows_out", "Rows committed to outputs or sink parts", labels, registry=r
-        )
+        self.rows_in = Counter("ledgerflow_rows_in", "Input rows covered by committed transactions", labels, registry=r)
+        self.rows_out = Counter("ledgerflow_rows_out", "Rows committed to outputs or sink parts", labels, registry=r)
         self.dlq_rows = Counter("ledgerflow_dlq_rows", "Rows committed to the DLQ", labels, registry=r)
-        self.txn = Counter(
-            "ledgerflow_transactions", "Transactions by outcome", [*labels, "outcome"], registry=r
-        )
+        self.txn = Counter("ledgerflow_transactions", "Transactions by outcome", [*labels, "outcome"], registry=r)
         self.commit_seconds = Histogram(
             "ledgerflow_commit_seconds",
             "Time from begin to commit of one transaction",
@@ -53,17 +47,13 @@ class PrometheusHooks:
         self.rebalances = Counter(
             "ledgerflow_rebalances", "Partition assignment changes", [*labels, "kind"], registry=r
         )
-        self.recoveries = Counter(
-            "ledgerflow_recovery_actions", "Recovery actions", [*labels, "action"], registry=r
-        )
+        self.recoveries = Counter("ledgerflow_recovery_actions", "Recovery actions", [*labels, "action"], registry=r)
         self.last_loop = time.monotonic()
         self.ready = False
 
     def on_commit(self, stage: str, name: str, batch: Batch, seconds: float) -> None:
         lab = (self.pipeline, stage, name)
-        out = (
-            sum(len(o.values) for o in batch.outputs) + sum(p.rows for p in batch.parts) + batch.rows_written
-        )
+        out = sum(len(o.values) for o in batch.outputs) + sum(p.rows for p in batch.parts) + batch.rows_written
         self.rows_in.labels(*lab).inc(batch.rows_in)
         self.rows_out.labels(*lab).inc(out)
         if batch.dlq:

@@ -156,9 +156,7 @@ class SinkRunner:
         dlq: list[bytes] = []
         if rejects:
             stage = f"sink/{self.name}"
-            for rec in read_range(
-                self.ctx.bootstrap, topic, partition, start, end, extra=self.ctx.kafka_extra
-            ):
+            for rec in read_range(self.ctx.bootstrap, topic, partition, start, end, extra=self.ctx.kafka_extra):
                 if rec.offset in rejects:
                     dlq.append(dead_letter(self.ctx, stage, rec, "db_rejected", rejects[rec.offset]))
         detail = {
@@ -207,9 +205,7 @@ class SinkRunner:
             try:
                 renamed = self.writer.finalize(part)
             except Exception as exc:
-                raise RecoveryError(
-                    f"sink {self.name}: committed part {ev.key} cannot be finalized: {exc}"
-                ) from exc
+                raise RecoveryError(f"sink {self.name}: committed part {ev.key} cannot be finalized: {exc}") from exc
             self.hooks.on_recovery("sink", self.name, "finalized" if renamed else "already_final")
             finalized.append(self.seam._part_event("part_finalized", part))
         if finalized:
@@ -284,10 +280,7 @@ class SinkRunner:
         return [
             tp
             for tp, p in self.open.items()
-            if idle
-            or len(p.tokens) >= lim.max_rows
-            or p.nbytes >= lim.max_bytes
-            or now - p.opened >= lim.max_age_s
+            if idle or len(p.tokens) >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s
         ]
 
     def _drained(self, idle_since: float | None) -> bool:
@@ -355,9 +348,7 @@ class SinkRunner:
             for tp in due:
                 p = self.open[tp]
                 nxt = p.last + 1
-                res = db.write_part(
-                    tp[0], tp[1], self.expected.get(tp), nxt, p.tokens, [r.offset for r in p.records]
-                )
+                res = db.write_part(tp[0], tp[1], self.expected.get(tp), nxt, p.tokens, [r.offset for r in p.records])
                 self.expected[tp] = nxt
                 written += res.written
                 for idx, err in res.rejects:
@@ -366,9 +357,7 @@ class SinkRunner:
                     self.name, tp[0], tp[1], p.first, p.last, res.written, 0, "", "", f"postgres:{db.table}"
                 )
                 journal.append(
-                    part_event(
-                        self.ctx.corr, "part_committed", part_key(self.name, tp[0], tp[1], p.first), info
-                    )
+                    part_event(self.ctx.corr, "part_committed", part_key(self.name, tp[0], tp[1], p.first), info)
                 )
             return out
 
@@ -376,9 +365,7 @@ class SinkRunner:
         try:
             self.seam.commit(batch)
         except CasFailed as exc:
-            log.error(
-                "sink %s: %s; rolled back, giving up the partition state and re-syncing", self.name, exc
-            )
+            log.error("sink %s: %s; rolled back, giving up the partition state and re-syncing", self.name, exc)
             self.hooks.on_fenced("sink", self.name)
             self._resync()
             return
@@ -403,7 +390,5 @@ class SinkRunner:
             self.consumer.seek(
                 t,
                 p,
-                starts.get((t, p), None)
-                if (t, p) in starts
-                else self.consumer.committed([(t, p)]).get((t, p)),
+                starts.get((t, p), None) if (t, p) in starts else self.consumer.committed([(t, p)]).get((t, p)),
             )

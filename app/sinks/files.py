@@ -76,9 +76,7 @@ def _records(tokens: Sequence[Token]) -> list[dict[str, Any]]:
         p = t["payload"]
         for k in ENVELOPE:
             if k in p:
-                raise ValueError(
-                    f"token {t['token_id']}: payload field {k!r} collides with an envelope column"
-                )
+                raise ValueError(f"token {t['token_id']}: payload field {k!r} collides with an envelope column")
         out.append({"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **p})
     return out
 

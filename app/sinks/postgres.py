@@ -126,9 +126,7 @@ class PostgresWriter:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
             with self._conn.cursor() as cur:
-                cur.execute(
-                    sql.SQL("SET statement_timeout = {}").format(sql.Literal(self.statement_timeout_ms))
-                )
+                cur.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(self.statement_timeout_ms)))
             self._conn.commit()
         return self._conn
 
@@ -146,9 +144,7 @@ class PostgresWriter:
                 self.close()
                 if attempt == self.retries:
                     raise
-                log.warning(
-                    "sink %s: %s failed (%s); retry %d in %.1fs", self.sink, what, exc, attempt, delay
-                )
+                log.warning("sink %s: %s failed (%s); retry %d in %.1fs", self.sink, what, exc, attempt, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
@@ -164,8 +160,7 @@ class PostgresWriter:
                 cur.execute(REJECTS_DDL)
                 if self.create_table:
                     cols = [
-                        sql.SQL("{} {}").format(sql.Identifier(col.name), sql.SQL(col.type))
-                        for col in self.columns
+                        sql.SQL("{} {}").format(sql.Identifier(col.name), sql.SQL(col.type)) for col in self.columns
                     ]
                     pk = sql.SQL(", ").join(sql.Identifier(k) for k in self.key)
                     cur.execute(
@@ -180,19 +175,13 @@ class PostgresWriter:
                 actual = dict(cur.fetchall())
             c.commit()
             if not actual:
-                raise SchemaMismatch(
-                    f"table {self.table!r} does not exist (set create_table: true to create it)"
-                )
+                raise SchemaMismatch(f"table {self.table!r} does not exist (set create_table: true to create it)")
             for col in self.columns:
                 have = actual.get(col.name)
                 if have is None:
-                    raise SchemaMismatch(
-                        f"table {self.table!r} has no column {col.name!r} (spec type {col.type})"
-                    )
+                    raise SchemaMismatch(f"table {self.table!r} has no column {col.name!r} (spec type {col.type})")
                 if _base_type(col.type) != have:
-                    raise SchemaMismatch(
-                        f"table {self.table!r} column {col.name!r} is {have}, spec says {col.type}"
-                    )
+                    raise SchemaMismatch(f"table {self.table!r} column {col.name!r} is {have}, spec says {col.type}")
 
         self._with_retry("schema check", run)
 
@@ -380,17 +369,13 @@ class PostgresWriter:
                 for r in rows:
                     copy.write_row(r)
             cur.execute(
-                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM lf_stage ON CONFLICT ({}) ").format(
-                    table, cols, cols, key
-                )
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM lf_stage ON CONFLICT ({}) ").format(table, cols, cols, key)
                 + update
             )
         else:
             placeholders = sql.SQL(", ").join(sql.Placeholder() * len(self.columns))
             cur.executemany(
-                sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) ").format(
-                    table, cols, placeholders, key
-                )
+                sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) ").format(table, cols, placeholders, key)
                 + update,
                 rows,
             )

@@ -134,9 +134,7 @@ class FileTailSource:
                 continue
             key = self._key(fp, path)
             if key not in self.states:
-                self.states[key] = _Tracked(
-                    Checkpoint(key, self.source_id, path, fp, length, 0, 0), line_no=1
-                )
+                self.states[key] = _Tracked(Checkpoint(key, self.source_id, path, fp, length, 0, 0), line_no=1)
             claimed.add(key)
             active[path] = key
         self._active = active

@@ -56,9 +56,7 @@ def _wait_log(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 
 def test_twenty_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
     rows = 100_000
-    pf = write_pipeline(
-        tmp_path, f"kills-{tmp_path.name[-6:]}", kafka, rows=rows, part_rows=5000, max_rows=5000
-    )
+    pf = write_pipeline(tmp_path, f"kills-{tmp_path.name[-6:]}", kafka, rows=rows, part_rows=5000, max_rows=5000)
     rng = random.Random(20261122)
     log = tmp_path / "run.log"
     progress = []

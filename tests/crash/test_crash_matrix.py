@@ -55,9 +55,7 @@ def reference_rows(kafka: KafkaEnv, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.parametrize("hit", HITS)
 @pytest.mark.parametrize("point", POINTS)
-def test_crash_point(
-    kafka: KafkaEnv, tmp_path: Path, reference_rows: list[bytes], point: str, hit: int
-) -> None:
+def test_crash_point(kafka: KafkaEnv, tmp_path: Path, reference_rows: list[bytes], point: str, hit: int) -> None:
     name = f"crash-{point.replace('.', '-').replace('_', '-')}-{hit}-{tmp_path.name[-6:]}"
     pf = write_pipeline(tmp_path, name, kafka, rows=ROWS, part_rows=500)
     crashed = run(pf.spec, "--worker-id", "w1", crash_at=f"{point}:{hit}")

@@ -72,6 +72,4 @@ def test_pg_zombie_cas_fails(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> 
             p.wait(60)
     assert_pg_exactly_once(kafka, pf, postgres.dsn, {f"gen:{i}" for i in range(rows)})
     zombie = logs["s1"].read_text()
-    assert any(s in zombie for s in ("another owner advanced", "lost [", "aborting transaction")), zombie[
-        -3000:
-    ]
+    assert any(s in zombie for s in ("another owner advanced", "lost [", "aborting transaction")), zombie[-3000:]

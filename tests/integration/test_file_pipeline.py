@@ -26,9 +26,7 @@ def _file_pipeline(tmp: Path, name: str, kafka: KafkaEnv, steps: str = "") -> ob
     path: in/*.ndjson
     format: ndjson
 """
-    return write_pipeline(
-        tmp, name, kafka, source_block=src, steps=steps or "      - project: {fields: [i, s]}\n"
-    )
+    return write_pipeline(tmp, name, kafka, source_block=src, steps=steps or "      - project: {fields: [i, s]}\n")
 
 
 def test_bad_input_goes_to_dlq_and_good_rows_land_once(kafka: KafkaEnv, tmp_path: Path) -> None:
@@ -83,10 +81,7 @@ def test_line_written_in_two_halves_across_a_crash_lands_once_whole(kafka: Kafka
     proc.kill()  # SIGKILL: no cleanup
     proc.wait(30)
     with open(f, "ab") as fh:
-        fh.write(
-            b'lf, second half"}\n'
-            + b"".join(orjson.dumps({"i": i, "s": "b"}) + b"\n" for i in range(501, 600))
-        )
+        fh.write(b'lf, second half"}\n' + b"".join(orjson.dumps({"i": i, "s": "b"}) + b"\n" for i in range(501, 600)))
     proc = popen(pf.spec, "--worker-id", "w1", log=tmp_path / "run.log")  # type: ignore[attr-defined]
     try:
         wait_for_rows(pf.out, 600, proc=proc)  # type: ignore[attr-defined]

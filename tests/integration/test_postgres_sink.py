@@ -25,12 +25,12 @@ def _count(dsn: str, table: str) -> int:
         return int(row[0]) if row else 0
 
 
-def test_bad_rows_are_isolated_and_good_rows_land_once(
-    kafka: KafkaEnv, postgres: Any, tmp_path: Path
-) -> None:
+def test_bad_rows_are_isolated_and_good_rows_land_once(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
     rows = 10_000
     name = f"pgbad-{tmp_path.name[-6:]}"
-    steps = '      - map: "tests.fns:spoil_some"\n      - project: {fields: [id, customer, country, amount, quantity]}\n'
+    steps = (
+        '      - map: "tests.fns:spoil_some"\n      - project: {fields: [id, customer, country, amount, quantity]}\n'
+    )
     pf = write_pg_pipeline(tmp_path, name, kafka, postgres.dsn, rows=rows, steps=steps)
     proc = run(pf.spec, "--worker-id", "w1")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -54,9 +54,7 @@ def test_bad_rows_are_isolated_and_good_rows_land_once(
 
 def test_server_restart_mid_run(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
     rows = 20_000
-    pf = write_pg_pipeline(
-        tmp_path, f"pgrestart-{tmp_path.name[-6:]}", kafka, postgres.dsn, rows=rows, rate=2500
-    )
+    pf = write_pg_pipeline(tmp_path, f"pgrestart-{tmp_path.name[-6:]}", kafka, postgres.dsn, rows=rows, rate=2500)
     proc = popen(pf.spec, "--worker-id", "w1", "--exit-when-done", log=tmp_path / "run.log")
     deadline = time.monotonic() + 120
     while _count(postgres.dsn, str(pf.out)) < 3000 and time.monotonic() < deadline:

@@ -42,9 +42,7 @@ payloads = st.dictionaries(
 )
 
 
-@given(
-    payload=payloads, key=st.one_of(st.none(), st.text(max_size=10)), lineage=st.lists(st.text(max_size=5))
-)
+@given(payload=payloads, key=st.one_of(st.none(), st.text(max_size=10)), lineage=st.lists(st.text(max_size=5)))
 def test_token_round_trip(payload: dict[str, object], key: str | None, lineage: list[str]) -> None:
     tok = _token(payload=payload, key=key, lineage=lineage, event_time_ms=123)
     assert CODEC.decode(CODEC.encode(tok)) == tok
@@ -127,7 +125,5 @@ def test_journal_events_are_readable_json_and_round_trip() -> None:
     assert as_json["kind"] == "source_checkpoint" and as_json["worker_id"] == "w1"
     assert decode_event(raw) == ev
     part = PartInfo("s", "t", 2, 100, 199, 100, 5000, "c" * 64, "/st", "/fi")
-    ev2 = JournalEvent(
-        "part_committed", "sink/s/t/2/100", "p", "sink", "w", "r", 4, 6, None, part, {"a": "b"}
-    )
+    ev2 = JournalEvent("part_committed", "sink/s/t/2/100", "p", "sink", "w", "r", 4, 6, None, part, {"a": "b"})
     assert decode_event(encode_event(ev2)) == ev2

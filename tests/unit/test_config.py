@@ -100,9 +100,7 @@ def test_topic_specs_normalise_and_reject_duplicates(tmp_path: Path) -> None:
 
 
 def test_bad_topic_spec_names_line_and_field(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path, "topics:\n  - name: ok\n    partitions: 1\n  - name: bad/name\n    partitions: 0\n"
-    )
+    path = _write(tmp_path, "topics:\n  - name: ok\n    partitions: 1\n  - name: bad/name\n    partitions: 0\n")
     with pytest.raises(SpecError) as info:
         load_topic_specs([path])
     msg = str(info.value)

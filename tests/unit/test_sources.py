@@ -76,9 +76,7 @@ def test_csv_header_and_column_mismatch(tmp_path: Path) -> None:
     # resuming mid-file still knows the header
     src2 = FileTailSource("s", glob=str(tmp_path / "*.csv"), fmt="csv")
     cp = b.checkpoints[0]
-    mid = Checkpoint(
-        cp.key, cp.source_id, cp.path, cp.fingerprint, cp.fingerprint_len, len("id,name\n1,ann\n"), 1
-    )
+    mid = Checkpoint(cp.key, cp.source_id, cp.path, cp.fingerprint, cp.fingerprint_len, len("id,name\n1,ann\n"), 1)
     src2.restore({cp.key: mid})
     assert [t["payload"]["id"] for t in src2.poll(100).tokens] == ["3"]
 
