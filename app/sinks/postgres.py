@@ -6,8 +6,9 @@ One DB transaction per part (one input partition's offset range):
    the offset this worker started from to the part's next offset — if another
    worker moved it, the transaction rolls back (``CasFailed``): a zombie never
    writes rows outside a successful CAS (I5);
-2. upsert the part's rows keyed by ``token_id`` (or a natural key): re-writing a
-   row is a no-op, never a duplicate;
+2. write the part's rows keyed by ``token_id`` (or a natural key): a plain COPY
+   first (the CAS proved the range new), an upsert when a key was seen before, so
+   re-writing a row is never a duplicate;
 3. rows the database rejects (constraint, type, length) are isolated by bisecting
    the batch under savepoints and recorded in ``ledgerflow_rejects`` with the
    database's error, in the same transaction (the runner sends them to the DLQ);
@@ -359,6 +360,19 @@ class PostgresWriter:
             else sql.SQL("DO NOTHING")
         )
         if self.use_copy:
+            # After a successful compare-and-set this offset range was never committed,
+            # so its rows are new: COPY them straight in. Only a token id seen before
+            # (re-delivered by an at-least-once upstream) needs the upsert below.
+            cur.execute("SAVEPOINT lf_direct")
+            try:
+                with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, cols)) as copy:
+                    for r in rows:
+                        copy.write_row(r)
+                cur.execute("RELEASE SAVEPOINT lf_direct")
+                return
+            except psycopg.errors.UniqueViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT lf_direct")
+                cur.execute("RELEASE SAVEPOINT lf_direct")
             cur.execute(
                 sql.SQL(
                     "CREATE TEMP TABLE IF NOT EXISTS lf_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

@@ -98,3 +98,20 @@ def test_schema_mismatch_names_table_column_and_type(postgres: Any) -> None:
     )
     created.ensure_schema()
     created.ensure_schema()  # idempotent
+
+
+@pytest.mark.parametrize("use_copy", [True, False])
+def test_redelivered_token_ids_upsert_instead_of_duplicating(postgres: Any, use_copy: bool) -> None:
+    from app.sources.generator import GeneratorSource
+
+    table = f"redeliver_{int(use_copy)}"
+    cols = [Column("token_id", "text", "_token_id"), Column("amount", "bigint", "amount")]
+    w = PostgresWriter(table, postgres.dsn, table, cols, ["token_id"], create_table=True, use_copy=use_copy)
+    w.ensure_schema()
+    toks = GeneratorSource("g", rows=100, seed=2).poll(100).tokens
+    assert w.write_part("in", 0, None, 100, toks, list(range(100))).rejects == []
+    # the same token ids again at later offsets (an at-least-once upstream re-sent them)
+    again = w.write_part("in", 0, 100, 250, toks[:50], list(range(200, 250)))
+    assert again.rejects == [] and again.written == 50
+    assert _count(postgres.dsn, table) == 100
+    assert w.stored_offsets("in", [0]) == {0: 250}
