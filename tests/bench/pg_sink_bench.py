@@ -69,21 +69,20 @@ def main() -> None:
             )
             t0 = time.perf_counter()
             for start in range(0, args.rows, args.part):
-                with c.transaction(), c.cursor() as cur:
-                    with cur.copy("COPY plain FROM STDIN") as copy:
-                        for t in tokens[start : start + args.part]:
-                            p = t["payload"]
-                            copy.write_row(
-                                (
-                                    t["token_id"],
-                                    p["id"],
-                                    p["customer"],
-                                    p["country"],
-                                    p["amount"],
-                                    p["quantity"],
-                                    p["note"],
-                                )
+                with c.transaction(), c.cursor() as cur, cur.copy("COPY plain FROM STDIN") as copy:
+                    for t in tokens[start : start + args.part]:
+                        p = t["payload"]
+                        copy.write_row(
+                            (
+                                t["token_id"],
+                                p["id"],
+                                p["customer"],
+                                p["country"],
+                                p["amount"],
+                                p["quantity"],
+                                p["note"],
                             )
+                        )
             results.append(("plain COPY (no key, no offsets)", args.rows / (time.perf_counter() - t0)))
     finally:
         server.destroy()
