@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.codecs.dlq import encode_dlq
-from app.codecs.tokens import CodecError, TokenCodec
+from app.codecs.tokens import CodecError, TokenCodec, check_fingerprint
 from app.kafka.clients import TP, BatchConsumer, InRecord, TxnProducer
 from app.observability.hooks import Hooks
 from app.runtime.commit import Batch, BatchAborted, CommitSeam, TopicRecords
@@ -31,11 +31,16 @@ Decoder = Callable[[InRecord], Token]
 
 
 def token_decoder(codec: TokenCodec) -> Decoder:
-    decode = codec.decode
+    """Decode ledgerflow tokens; a record whose ``lf.schema`` header names another
+    schema is refused (DLQ ``schema_mismatch``) rather than misread."""
+    decode, expected = codec.decode, codec.header
 
     def run(rec: InRecord) -> Token:
         if rec.value is None:
             raise CodecError("tombstone", "record has no value")
+        headers = rec.headers
+        if headers and headers[0] != expected:
+            check_fingerprint(headers, expected[1])
         return decode(rec.value)
 
     return run
