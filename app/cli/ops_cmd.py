@@ -118,3 +118,111 @@ def _group_view(admin: Admin, group: str, topic: str, label: str) -> None:
         c = committed.get(tp)
         click.echo(f"  partition {tp[1]}: committed {c if c is not None else '-'}, end {ends[tp]}, lag {lags[tp]}")
     click.echo(f"  total lag {sum(lags.values())}")
+
+
+@click.group("dlq")
+def dlq_group() -> None:
+    """Inspect and replay the dead-letter queue."""
+
+
+def _dlq_records(spec_path: str) -> tuple[object, str, list[tuple[int, int, dict[str, object]]]]:
+    from app.codecs.dlq import decode_dlq
+    from app.kafka.clients import read_topic_to_end
+
+    try:
+        spec = load_pipeline(Path(spec_path))
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
+    recs = read_topic_to_end(bootstrap, spec.dlq)
+    return spec, bootstrap, [(r.partition, r.offset, decode_dlq(r.value)) for r in recs if r.value]
+
+
+@dlq_group.command("show")
+@click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--reason", default=None, help="Only this error class.")
+def dlq_show(pipeline: str, limit: int, reason: str | None) -> None:
+    """Print DLQ records: error class, message, stage, origin, original value (truncated)."""
+    _spec, _b, recs = _dlq_records(pipeline)
+    shown = 0
+    for part, off, d in recs:
+        if reason and d["error_class"] != reason:
+            continue
+        value = bytes(d["original_value"])  # type: ignore[call-overload]
+        click.echo(
+            json.dumps(
+                {
+                    "dlq": f"{part}/{off}",
+                    "error_class": d["error_class"],
+                    "stage": d["stage"],
+                    "origin": d["origin"],
+                    "error": str(d["error_message"])[:300],
+                    "value": value[:200].decode(errors="replace"),
+                }
+            )
+        )
+        shown += 1
+        if shown >= limit:
+            break
+    click.echo(f"{shown} shown of {len(recs)} DLQ records", err=True)
+
+
+@dlq_group.command("replay")
+@click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
+@click.option("--reason", default=None, help="Only this error class.")
+@click.option("--to", "to_topic", default=None, help="Target topic (default: each record's topic of origin).")
+@click.option("--dry-run", is_flag=True)
+def dlq_replay(pipeline: str, reason: str | None, to_topic: str | None, dry_run: bool) -> None:
+    """Re-produce original records from the DLQ, exactly once: each transaction also
+    advances the replay's consumer group on the DLQ, so a re-run skips what was sent."""
+    from app.codecs.dlq import decode_dlq
+    from app.kafka.clients import TxnProducer
+
+    try:
+        spec = load_pipeline(Path(pipeline))
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
+    group = f"ledgerflow.{spec.pipeline}.dlq-replay"
+    consumer = BatchConsumer(bootstrap, group)
+    consumer.subscribe([spec.dlq])
+    producer = None if dry_run else TxnProducer(bootstrap, f"{group}.{time.time_ns()}")
+    if producer is not None:
+        producer.init()
+    sent = skipped = idle = 0
+    try:
+        while idle < 10:
+            recs = consumer.consume(1000, 0.5)
+            if not recs:
+                idle += 1
+                continue
+            idle = 0
+            out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+            for rec in recs:
+                d = decode_dlq(rec.value or b"")
+                origin = d["origin"]
+                target = to_topic or origin.get("topic")
+                if (reason and d["error_class"] != reason) or not target:
+                    skipped += 1
+                    continue
+                headers = [(h["key"], h["value"] or b"") for h in d["original_headers"]]
+                out.append((target, d["original_key"], d["original_value"], headers))
+            if dry_run:
+                for target, _k, v, _h in out:
+                    click.echo(f"would replay to {target}: {v[:120]!r}")
+                sent += len(out)
+                continue
+            assert producer is not None
+            producer.begin()
+            for target, k, v, h in out:
+                producer.produce(target, v, k, h or None)
+            last: dict[tuple[str, int], int] = {}
+            for rec in recs:
+                last[(rec.topic, rec.partition)] = rec.offset + 1
+            producer.send_offsets([(t, p, o) for (t, p), o in last.items()], consumer)
+            producer.commit()
+            sent += len(out)
+    finally:
+        consumer.close()
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {sent} record(s), skipped {skipped}")

@@ -99,7 +99,8 @@ def run_spec(
         spec, stage=stage, worker_id=worker_id, exit_when_done=exit_when_done, hooks=hooks, grace_s=grace_s
     )
     sup.build()
-    hooks.ready = True
+    hooks.expect_assignment = {(w.stage, w.runner.name) for w in sup.workers if w.stage in ("transform", "sink")}
+    hooks.built = True
     view = ProgressView(sys.stderr.isatty())
 
     def tick(s: Supervisor) -> None:
@@ -111,7 +112,7 @@ def run_spec(
 
 @click.command("run")
 @click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
-@click.option("--stage", type=click.Choice(STAGES), default="all", show_default=True)
+@click.option("--stage", type=click.Choice(STAGES), default="all", show_default=True, envvar="LEDGERFLOW_STAGE")
 @click.option(
     "--worker-id",
     default=None,

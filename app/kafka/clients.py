@@ -273,6 +273,22 @@ class BatchConsumer:
             out[(t, p)] = high
         return out
 
+    def lags(self) -> dict[TP, int]:
+        """Per assigned partition: end offset (from the last fetch, no network call) minus
+        the position. Partitions not fetched yet are left out."""
+        parts: list[Any] = self._c.assignment()
+        if not parts:
+            return {}
+        out: dict[TP, int] = {}
+        positions: list[Any] = self._c.position(parts)
+        for tp in positions:
+            if tp.offset < 0:
+                continue
+            _low, high = self._c.get_watermark_offsets(tp, cached=True)
+            if high is not None and high >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+
     def pause(self, partitions: Sequence[TP]) -> None:
         self._c.pause([TopicPartition(t, p) for t, p in partitions])
 

@@ -21,6 +21,12 @@ class Hooks(Protocol):
     def on_part_finalized(self, stage: str, name: str, part: PreparedPart) -> None: ...
     def on_rebalance(self, stage: str, name: str, kind: str, partitions: int) -> None: ...
     def on_recovery(self, stage: str, name: str, action: str) -> None: ...
+    def on_txn_open(self, stage: str, name: str, open_: bool) -> None: ...
+    def on_lag(self, stage: str, name: str, lags: dict[tuple[str, int], int]) -> None: ...
+    def on_partitions_gone(self, stage: str, name: str, partitions: list[tuple[str, int]]) -> None: ...
+    def on_staging_leftovers(self, stage: str, name: str, count: int) -> None: ...
+    def on_assigned(self, stage: str, name: str) -> None: ...
+    def tick(self) -> None: ...
 
 
 class NullHooks:
@@ -40,4 +46,22 @@ class NullHooks:
         return None
 
     def on_recovery(self, stage: str, name: str, action: str) -> None:
+        return None
+
+    def on_txn_open(self, stage: str, name: str, open_: bool) -> None:
+        return None
+
+    def on_lag(self, stage: str, name: str, lags: dict[tuple[str, int], int]) -> None:
+        return None
+
+    def on_partitions_gone(self, stage: str, name: str, partitions: list[tuple[str, int]]) -> None:
+        return None
+
+    def on_staging_leftovers(self, stage: str, name: str, count: int) -> None:
+        return None
+
+    def on_assigned(self, stage: str, name: str) -> None:
+        return None
+
+    def tick(self) -> None:
         return None

@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 _STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_bound = threading.local()
+
+
+def bind(**fields: str) -> None:
+    """Attach correlation ids (pipeline, stage, worker_id, run_id) to every log record
+    emitted by the current thread — the same ids the journal events carry."""
+    _bound.fields = dict(fields)
+
+
+class _CorrelationFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for k, v in getattr(_bound, "fields", {}).items():
+            if not hasattr(record, k):
+                setattr(record, k, v)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,6 +52,7 @@ def configure(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_CorrelationFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

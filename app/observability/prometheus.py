@@ -1,33 +1,77 @@
 """Prometheus implementation of the runtime hooks, and the HTTP endpoint.
 
-One registry per process. Every update happens once per committed batch; row
-counters are only touched from ``on_commit``, which the seam calls after the
-commit point (invariant I4).
+One registry per process. Updates happen once per committed batch (never per row);
+row counters are only touched from ``on_commit``, which the seam calls after the
+commit point (invariant I4). Per-partition series are removed when the partition is
+revoked, so a scaled-out group does not report stale lag from former owners.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app import __version__
 
 if TYPE_CHECKING:
     from app.runtime.commit import Batch
     from app.sinks.base import PreparedPart
+
+TP = tuple[str, int]
+
+
+class _AgeCollector(Collector):
+    """Ages computed at scrape time: checkpoint age, open-transaction age, loop age."""
+
+    def __init__(self, hooks: PrometheusHooks) -> None:
+        self.h = hooks
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.monotonic()
+        h = self.h
+        ck = GaugeMetricFamily(
+            "ledgerflow_checkpoint_age_seconds",
+            "Seconds since the last commit point covering this partition (or source)",
+            labels=["pipeline", "stage", "name", "topic", "partition"],
+        )
+        with h.lock:
+            for (stage, name, topic, part), t in h.last_commit.items():
+                ck.add_metric([h.pipeline, stage, name, topic, part], now - t)
+            txn = GaugeMetricFamily(
+                "ledgerflow_transaction_open_seconds",
+                "Age of the currently open Kafka transaction (0 when none)",
+                labels=["pipeline", "stage", "name"],
+            )
+            for (stage, name), opened in h.txn_open.items():
+                txn.add_metric([h.pipeline, stage, name], 0.0 if opened is None else now - opened)
+        loop = GaugeMetricFamily(
+            "ledgerflow_loop_age_seconds", "Seconds since a runner loop last ran", labels=["pipeline"]
+        )
+        loop.add_metric([h.pipeline], now - h.last_loop)
+        yield ck
+        yield txn
+        yield loop
 
 
 class PrometheusHooks:
     def __init__(self, pipeline: str, registry: CollectorRegistry | None = None) -> None:
         self.pipeline = pipeline
         self.registry = registry or CollectorRegistry()
+        self.lock = threading.Lock()
         labels = ["pipeline", "stage", "name"]
+        plabels = [*labels, "topic", "partition"]
         r = self.registry
         self.rows_in = Counter("ledgerflow_rows_in", "Input rows covered by committed transactions", labels, registry=r)
-        self.rows_out = Counter("ledgerflow_rows_out", "Rows committed to outputs or sink parts", labels, registry=r)
-        self.dlq_rows = Counter("ledgerflow_dlq_rows", "Rows committed to the DLQ", labels, registry=r)
+        self.rows_out = Counter("ledgerflow_rows_out", "Rows committed to outputs or sinks", labels, registry=r)
+        self.dlq_rows = Counter("ledgerflow_dlq_rows", "Rows committed to the DLQ", [*labels, "reason"], registry=r)
         self.txn = Counter("ledgerflow_transactions", "Transactions by outcome", [*labels, "outcome"], registry=r)
         self.commit_seconds = Histogram(
             "ledgerflow_commit_seconds",
@@ -48,21 +92,43 @@ class PrometheusHooks:
             "ledgerflow_rebalances", "Partition assignment changes", [*labels, "kind"], registry=r
         )
         self.recoveries = Counter("ledgerflow_recovery_actions", "Recovery actions", [*labels, "action"], registry=r)
+        self.staging = Gauge(
+            "ledgerflow_staging_leftovers", "Staging files found unreferenced at the last recovery", labels, registry=r
+        )
+        self.lag = Gauge("ledgerflow_consumer_lag", "Committed records not yet consumed", plabels, registry=r)
+        self.info = Gauge("ledgerflow_info", "Build information", ["pipeline", "version"], registry=r)
+        self.info.labels(pipeline, __version__).set(1)
+        self.last_commit: dict[tuple[str, str, str, str], float] = {}
+        self.txn_open: dict[tuple[str, str], float | None] = {}
         self.last_loop = time.monotonic()
-        self.ready = False
+        self.assigned: set[tuple[str, str]] = set()
+        self.expect_assignment: set[tuple[str, str]] = set()
+        self.built = False
+        r.register(_AgeCollector(self))
+
+    @property
+    def ready(self) -> bool:
+        """Built, and every consuming runner got its first assignment (recovery runs inside it)."""
+        return self.built and self.expect_assignment <= self.assigned
 
     def on_commit(self, stage: str, name: str, batch: Batch, seconds: float) -> None:
         lab = (self.pipeline, stage, name)
         out = sum(len(o.values) for o in batch.outputs) + sum(p.rows for p in batch.parts) + batch.rows_written
         self.rows_in.labels(*lab).inc(batch.rows_in)
         self.rows_out.labels(*lab).inc(out)
-        if batch.dlq:
-            self.dlq_rows.labels(*lab).inc(len(batch.dlq))
+        for reason, n in batch.dlq_reasons.items():
+            self.dlq_rows.labels(*lab, reason).inc(n)
         self.txn.labels(*lab, "committed").inc()
         self.commit_seconds.labels(*lab).observe(seconds)
         self.batch_rows.labels(*lab).observe(batch.rows_in)
         if batch.parts:
             self.parts.labels(*lab, "committed").inc(len(batch.parts))
+        now = time.monotonic()
+        with self.lock:
+            for topic, part, _off in batch.offsets:
+                self.last_commit[(stage, name, topic, str(part))] = now
+            if stage == "source" and batch.journal:
+                self.last_commit[(stage, name, "", "")] = now
 
     def on_abort(self, stage: str, name: str, reason: str) -> None:
         self.txn.labels(self.pipeline, stage, name, "aborted").inc()
@@ -79,13 +145,35 @@ class PrometheusHooks:
     def on_recovery(self, stage: str, name: str, action: str) -> None:
         self.recoveries.labels(self.pipeline, stage, name, action).inc()
 
+    def on_txn_open(self, stage: str, name: str, open_: bool) -> None:
+        with self.lock:
+            self.txn_open[(stage, name)] = time.monotonic() if open_ else None
+
+    def on_lag(self, stage: str, name: str, lags: dict[TP, int]) -> None:
+        for (topic, part), lag in lags.items():
+            self.lag.labels(self.pipeline, stage, name, topic, str(part)).set(lag)
+
+    def on_partitions_gone(self, stage: str, name: str, partitions: list[TP]) -> None:
+        with self.lock:
+            for topic, part in partitions:
+                self.last_commit.pop((stage, name, topic, str(part)), None)
+                with contextlib.suppress(KeyError):
+                    self.lag.remove(self.pipeline, stage, name, topic, str(part))
+
+    def on_staging_leftovers(self, stage: str, name: str, count: int) -> None:
+        self.staging.labels(self.pipeline, stage, name).set(count)
+
+    def on_assigned(self, stage: str, name: str) -> None:
+        self.assigned.add((stage, name))
+
     def tick(self) -> None:
-        """Called by runner loops: feeds /healthz."""
+        """Called by the supervisor loop: feeds /healthz and the loop-age gauge."""
         self.last_loop = time.monotonic()
 
 
 def serve(hooks: PrometheusHooks, host: str, port: int, stuck_after_s: float = 60.0) -> ThreadingHTTPServer:
-    """Serve /metrics, /healthz (loop ran recently) and /readyz on a daemon thread."""
+    """Serve /metrics, /healthz (the loop ran within ``stuck_after_s``) and /readyz
+    (assignment received and recovery done) on a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -95,11 +183,8 @@ def serve(hooks: PrometheusHooks, host: str, port: int, stuck_after_s: float = 6
                 ok = time.monotonic() - hooks.last_loop < stuck_after_s
                 body, ctype, code = (b"ok\n" if ok else b"loop stuck\n"), "text/plain", 200 if ok else 503
             elif self.path.startswith("/readyz"):
-                body, ctype, code = (
-                    (b"ready\n" if hooks.ready else b"not ready\n"),
-                    "text/plain",
-                    (200 if hooks.ready else 503),
-                )
+                ready = hooks.ready
+                body, ctype, code = (b"ready\n" if ready else b"not ready\n"), "text/plain", 200 if ready else 503
             else:
                 body, ctype, code = b"not found\n", "text/plain", 404
             self.send_response(code)

@@ -90,6 +90,7 @@ class Batch:
     parts: list[PreparedPart] = field(default_factory=list)
     rows_in: int = 0
     rows_written: int = 0  # rows a transactional sink committed (metrics only)
+    dlq_reasons: dict[str, int] = field(default_factory=dict)  # reason class -> rows (metrics)
     # transactional sinks: the sink's own commit (the commit point); returns DLQ records
     external: Callable[[], list[bytes]] | None = None
 
@@ -157,6 +158,7 @@ class CommitSeam:
         journal.extend(batch.journal)
         part_events = [self._part_event("part_committed", p) for p in batch.parts]
         journal.extend(part_events)
+        self.hooks.on_txn_open(self.stage, self.name, True)
         try:
             self._call("begin", self.producer.begin)
             for out in batch.outputs:
@@ -177,6 +179,8 @@ class CommitSeam:
         except (AbortableKafkaError, RetriableKafkaError) as exc:
             self._abort(batch, exc)
             raise BatchAborted(str(exc), external_committed=batch.external is not None) from exc
+        finally:
+            self.hooks.on_txn_open(self.stage, self.name, False)
         crash_point(f"{stage}.after_commit")
         self._pending_finalized.clear()
         self.hooks.on_commit(self.stage, self.name, batch, time.perf_counter() - started)

@@ -49,6 +49,7 @@ class OpenPart:
     tokens: list[Token] = field(default_factory=list)
     records: list[InRecord] = field(default_factory=list)  # transactional sinks: for DLQ of rejects
     dlq: list[bytes] = field(default_factory=list)
+    dlq_reasons: dict[str, int] = field(default_factory=dict)
     nbytes: int = 0
     opened: float = field(default_factory=time.monotonic)
 
@@ -84,6 +85,7 @@ class SinkRunner:
         self.hooks = hooks
         self.progress = Progress()
         self.open: dict[TP, OpenPart] = {}
+        self._lag_at = 0.0
         self.consumer = BatchConsumer(
             ctx.bootstrap,
             group_id(ctx.corr.pipeline, "sink", name),
@@ -112,6 +114,7 @@ class SinkRunner:
     # -- rebalance ---------------------------------------------------------------
     def _on_assign(self, parts: list[TP]) -> dict[TP, int] | None:
         self.hooks.on_rebalance("sink", self.name, "assigned", len(parts))
+        self.hooks.on_assigned("sink", self.name)
         log.info("sink %s: assigned %s", self.name, parts)
         if not parts:
             return None
@@ -122,6 +125,7 @@ class SinkRunner:
 
     def _on_revoke(self, parts: list[TP], lost: bool) -> None:
         self.hooks.on_rebalance("sink", self.name, "lost" if lost else "revoked", len(parts))
+        self.hooks.on_partitions_gone("sink", self.name, parts)
         for tp in parts:
             self.open.pop(tp, None)
             self.expected.pop(tp, None)
@@ -216,6 +220,7 @@ class SinkRunner:
                 if path not in keep:
                     self.writer.remove_staging(path)
                     discarded += 1
+        self.hooks.on_staging_leftovers("sink", self.name, discarded)
         if discarded:
             self.hooks.on_recovery("sink", self.name, "staging_discarded")
             self.seam.queue_finalized(
@@ -261,7 +266,9 @@ class SinkRunner:
                         part.nbytes += len(rec.value or b"")
                     except CodecError as exc:
                         part.dlq.append(dead_letter(ctx, stage, rec, exc.reason_class, str(exc)))
+                        part.dlq_reasons[exc.reason_class] = part.dlq_reasons.get(exc.reason_class, 0) + 1
                 idle = not recs
+                self._report_lag()
                 due = self._due(idle)
                 if due:
                     idle_since = None
@@ -274,6 +281,14 @@ class SinkRunner:
                     idle_since = idle_since or time.monotonic()
         finally:
             self.consumer.close()
+
+    def _report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at >= 1.0:
+            self._lag_at = now
+            lags = self.consumer.lags()
+            self.progress.lag = sum(lags.values())
+            self.hooks.on_lag("sink", self.name, lags)
 
     def _due(self, idle: bool) -> list[TP]:
         lim, now = self.limits, time.monotonic()
@@ -310,7 +325,11 @@ class SinkRunner:
             dlq.extend(p.dlq)
             offsets.append((tp[0], tp[1], p.last + 1))
             rows_in += len(p.tokens) + len(p.dlq)
-        batch = Batch(dlq=dlq, offsets=offsets, parts=prepared, rows_in=rows_in)
+        reasons: dict[str, int] = {}
+        for tp in due:
+            for k, v in self.open[tp].dlq_reasons.items():
+                reasons[k] = reasons.get(k, 0) + v
+        batch = Batch(dlq=dlq, offsets=offsets, parts=prepared, rows_in=rows_in, dlq_reasons=reasons)
         try:
             self.seam.commit(batch)
         except BatchAborted:
@@ -341,6 +360,10 @@ class SinkRunner:
             dlq.extend(p.dlq)
             rows_in += len(p.tokens) + len(p.dlq)
         written = 0
+        reasons: dict[str, int] = {}
+        for tp in due:
+            for k, v in self.open[tp].dlq_reasons.items():
+                reasons[k] = reasons.get(k, 0) + v
 
         def external() -> list[bytes]:
             nonlocal written
@@ -353,6 +376,7 @@ class SinkRunner:
                 written += res.written
                 for idx, err in res.rejects:
                     out.append(dead_letter(self.ctx, stage, p.records[idx], "db_rejected", err))
+                    reasons["db_rejected"] = reasons.get("db_rejected", 0) + 1
                 info = PartInfo(
                     self.name, tp[0], tp[1], p.first, p.last, res.written, 0, "", "", f"postgres:{db.table}"
                 )
@@ -361,7 +385,9 @@ class SinkRunner:
                 )
             return out
 
-        batch = Batch(dlq=dlq, journal=journal, offsets=offsets, rows_in=rows_in, external=external)
+        batch = Batch(
+            dlq=dlq, journal=journal, offsets=offsets, rows_in=rows_in, external=external, dlq_reasons=reasons
+        )
         try:
             self.seam.commit(batch)
         except CasFailed as exc:

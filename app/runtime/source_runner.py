@@ -111,6 +111,7 @@ class SourceRunner:
                 ],
                 journal=[checkpoint_event(ctx.corr, cp) for cp in cps.values()],
                 rows_in=len(tokens) + len(dead),
+                dlq_reasons={r: sum(1 for d in dead if d.reason_class == r) for r in {d.reason_class for d in dead}},
             )
             try:
                 self.seam.commit(batch)

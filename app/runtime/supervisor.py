@@ -33,6 +33,7 @@ from app.journal.writer import Correlation
 from app.kafka.admin import Admin
 from app.kafka.local_broker import ensure_bootstrap
 from app.observability.hooks import Hooks, NullHooks
+from app.observability.logs import bind
 from app.runtime import topics as topics_mod
 from app.runtime.commit import WorkerFenced
 from app.runtime.sink_runner import PartLimits, SinkRunner
@@ -251,7 +252,10 @@ class Supervisor:
         self._sources_done, self._transforms_done = sources_done, transforms_done
 
     def _start(self, w: Worker) -> None:
+        corr = {"pipeline": self.spec.pipeline, "stage": w.stage, "worker_id": self.worker_id, "run_id": self.run_id}
+
         def target() -> None:
+            bind(**corr)
             try:
                 w.runner.run()
             except BaseException as exc:

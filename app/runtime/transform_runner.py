@@ -87,6 +87,7 @@ class TransformRunner:
         self.hooks = hooks
         self.progress = Progress()
         self.pending: dict[TP, list[InRecord]] = {}
+        self._lag_at = 0.0
         self.consumer = BatchConsumer(
             ctx.bootstrap,
             group_id(ctx.corr.pipeline, "transform", name),
@@ -113,10 +114,12 @@ class TransformRunner:
 
     def _on_assign(self, parts: list[TP]) -> None:
         self.hooks.on_rebalance("transform", self.name, "assigned", len(parts))
+        self.hooks.on_assigned("transform", self.name)
         log.info("transform %s: assigned %s", self.name, parts)
 
     def _on_revoke(self, parts: list[TP], lost: bool) -> None:
         self.hooks.on_rebalance("transform", self.name, "lost" if lost else "revoked", len(parts))
+        self.hooks.on_partitions_gone("transform", self.name, parts)
         for tp in parts:
             self.pending.pop(tp, None)
         log.info("transform %s: %s %s", self.name, "lost" if lost else "revoked", parts)
@@ -138,6 +141,7 @@ class TransformRunner:
                     for rec in recs:
                         self.pending.setdefault((rec.topic, rec.partition), []).append(rec)
                     count += len(recs)
+                self._report_lag()
                 if not self.pending:
                     if ctx.exit_when_done and self._drained(idle_since):
                         return
@@ -147,6 +151,14 @@ class TransformRunner:
                 self._commit_pending()
         finally:
             self.consumer.close()
+
+    def _report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at >= 1.0:
+            self._lag_at = now
+            lags = self.consumer.lags()
+            self.progress.lag = sum(lags.values())
+            self.hooks.on_lag("transform", self.name, lags)
 
     def _drained(self, idle_since: float | None) -> bool:
         if idle_since is None or time.monotonic() - idle_since < 1.0 or not self.ctx.upstream_finished():
@@ -165,6 +177,7 @@ class TransformRunner:
         stage = f"transform/{self.name}"
         by_topic: dict[str, tuple[list[Token], list[bytes]]] = {}
         dlq: list[bytes] = []
+        reasons: dict[str, int] = {}
         offsets: list[tuple[str, int, int]] = []
         rows_in = 0
         decode, chain = self.decode, self.chain
@@ -176,12 +189,14 @@ class TransformRunner:
                     token = decode(rec)
                 except CodecError as exc:
                     dlq.append(dead_letter(ctx, stage, rec, exc.reason_class, str(exc)))
+                    reasons[exc.reason_class] = reasons.get(exc.reason_class, 0) + 1
                     continue
                 try:
                     outs = chain(token)
                 except Exception as exc:
                     detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=3)[-800:]}"
                     dlq.append(dead_letter(ctx, stage, rec, "transform_error", detail))
+                    reasons["transform_error"] = reasons.get("transform_error", 0) + 1
                     continue
                 for dest, out in outs:
                     entry = by_topic.get(dest)
@@ -194,7 +209,7 @@ class TransformRunner:
             TopicRecords(dest, self.codec.encode_many(tokens), list[Any](keys), header)
             for dest, (tokens, keys) in by_topic.items()
         ]
-        batch = Batch(outputs=outputs, dlq=dlq, offsets=offsets, rows_in=rows_in)
+        batch = Batch(outputs=outputs, dlq=dlq, offsets=offsets, rows_in=rows_in, dlq_reasons=reasons)
         self.pending = {}
         try:
             self.seam.commit(batch)

@@ -26,6 +26,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     echo "bootstrap: PostgreSQL server binaries (initdb) not found; install the 'postgresql' package" >&2
   fi
 fi
+# Prometheus server + promtool for the monitoring tests (Debian package)
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing Prometheus (apt-get install prometheus)" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >&2
+  else
+    echo "bootstrap: prometheus/promtool not found; install the 'prometheus' package" >&2
+  fi
+fi
 for tool in java mvn; do
   command -v "$tool" >/dev/null || { echo "bootstrap: $tool is required (Java 17+ and Maven)" >&2; exit 1; }
 done

@@ -115,3 +115,32 @@ def test_redelivered_token_ids_upsert_instead_of_duplicating(postgres: Any, use_
     assert again.rejects == [] and again.written == 50
     assert _count(postgres.dsn, table) == 100
     assert w.stored_offsets("in", [0]) == {0: 250}
+
+
+def test_logs_are_json_with_correlation_ids_and_never_show_the_password(
+    kafka: KafkaEnv, postgres: Any, tmp_path: Path
+) -> None:
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    name = f"pgsecret-{tmp_path.name[-6:]}"
+    secret = "s3cret-Pa55word"
+    dsn = postgres.dsn.replace("ledgerflow@", f"ledgerflow:{secret}@")  # trust auth accepts any password
+    pf = write_pg_pipeline(tmp_path, name, kafka, dsn, rows=500)
+    env = {**os.environ, "LEDGERFLOW_LOG_FORMAT": "json", "LEDGERFLOW_LOG_LEVEL": "DEBUG"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "run", str(pf.spec), "--exit-when-done", "--worker-id", "w9"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert secret not in proc.stderr and secret not in proc.stdout
+    lines = [_json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
+    sink_lines_ = [x for x in lines if x.get("stage") == "sink"]
+    assert sink_lines_ and all(x["pipeline"] == name and x["worker_id"] == "w9" and x["run_id"] for x in sink_lines_)
+    assert _count(postgres.dsn, str(pf.out)) == 500
