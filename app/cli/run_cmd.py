@@ -14,7 +14,7 @@ import click
 from app.config.pipeline import PipelineSpec, load_pipeline
 from app.config.yamlsrc import SpecError
 from app.observability.prometheus import PrometheusHooks, serve
-from app.runtime.supervisor import STAGES, Supervisor
+from app.runtime.supervisor import STAGES, SpecSecretError, Supervisor
 
 log = logging.getLogger("ledgerflow.cli")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +98,10 @@ def run_spec(
     sup = Supervisor(
         spec, stage=stage, worker_id=worker_id, exit_when_done=exit_when_done, hooks=hooks, grace_s=grace_s
     )
-    sup.build()
+    try:
+        sup.build()
+    except SpecSecretError as exc:
+        raise click.ClickException(str(exc)) from exc
     hooks.expect_assignment = {(w.stage, w.runner.name) for w in sup.workers if w.stage in ("transform", "sink")}
     hooks.built = True
     view = ProgressView(sys.stderr.isatty())

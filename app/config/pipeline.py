@@ -34,9 +34,45 @@ def _resolve(v: str, info: ValidationInfo) -> str:
     return os.path.normpath(str(p))
 
 
+class SecretRef(_Model):
+    """A secret named, not written, in the spec: ``{env: VAR}`` or ``{file: path}``."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret reference needs exactly one of 'env' or 'file'")
+        return self
+
+    def resolve(self, setting: str) -> SecretStr:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ValueError(f"kafka.secrets.{setting}: environment variable {self.env} is not set")
+            return SecretStr(value)
+        assert self.file is not None
+        try:
+            return SecretStr(Path(self.file).read_text().strip())
+        except OSError as exc:
+            raise ValueError(f"kafka.secrets.{setting}: cannot read {self.file}: {exc.strerror}") from exc
+
+
 class KafkaSettings(_Model):
+    """librdkafka settings passed verbatim; secret ones (``sasl.password``,
+    ``ssl.key.password``, ...) by reference under ``secrets`` so the spec holds no secret."""
+
     bootstrap_servers: str | None = None
     config: dict[str, str | int | bool | float] = Field(default_factory=dict)
+    secrets: dict[str, SecretRef] = Field(default_factory=dict)
+
+    def client_config(self) -> dict[str, Any]:
+        """Settings for librdkafka, secrets resolved (never log the result)."""
+        out: dict[str, Any] = dict(self.config)
+        for key, ref in self.secrets.items():
+            out[key] = ref.resolve(key).get_secret_value()
+        return out
 
 
 class CommitSettings(_Model):

@@ -64,6 +64,10 @@ EXIT_FENCED = 3
 STAGES = ("source", "transform", "sink", "all")
 
 
+class SpecSecretError(RuntimeError):
+    """A secret the spec refers to cannot be resolved (names the setting and source)."""
+
+
 class Runner(Protocol):
     name: str
     progress: Progress
@@ -173,7 +177,10 @@ class Supervisor:
     def build(self) -> None:
         spec = self.spec
         self.bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
-        extra: dict[str, Any] = dict(spec.kafka.config)
+        try:
+            extra: dict[str, Any] = spec.kafka.client_config()
+        except ValueError as exc:
+            raise SpecSecretError(str(exc)) from exc
         ensure_topics(self.bootstrap, spec, extra)
         sources_done, transforms_done = threading.Event(), threading.Event()
         want = (lambda s: True) if self.stage == "all" else (lambda s: s == self.stage)

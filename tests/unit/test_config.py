@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,28 @@ def test_topic_plan() -> None:
     assert "+ topic new (partitions=3, rf=1, cleanup.policy=compact)" in text
     assert "~ topic drift: retention.ms 1000 -> 2000" in text
     assert plan_topic_changes(want[1:2], actual).is_empty
+
+
+def test_kafka_secrets_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pw").write_text("from-file\n")
+    spec_text = GOOD.replace(
+        "topics: [t.yaml]\n",
+        "topics: [t.yaml]\nkafka:\n  config: {security.protocol: SASL_SSL, sasl.mechanism: PLAIN}\n"
+        "  secrets:\n    sasl.password: {env: LF_TEST_PW}\n    ssl.key.password: {file: pw}\n",
+    )
+    spec = load_pipeline(_write(tmp_path, spec_text.replace("{file: pw}", f"{{file: {tmp_path / 'pw'}}}")))
+    assert "from-env" not in repr(spec)  # nothing secret in the model's repr
+    monkeypatch.setenv("LF_TEST_PW", "from-env")
+    conf = spec.kafka.client_config()
+    assert conf["sasl.password"] == "from-env" and conf["ssl.key.password"] == "from-file"
+    assert conf["security.protocol"] == "SASL_SSL"
+    monkeypatch.delenv("LF_TEST_PW")
+    with pytest.raises(
+        ValueError, match=re.escape("kafka.secrets.sasl.password: environment variable LF_TEST_PW is not set")
+    ):
+        spec.kafka.client_config()
+    bad = _write(tmp_path, spec_text.replace("{env: LF_TEST_PW}", "{env: A, file: b}"), "bad.yaml")
+    with pytest.raises(
+        SpecError, match=re.escape("kafka.secrets.sasl.password: Value error, a secret reference needs exactly one")
+    ):
+        load_pipeline(bad)
