@@ -331,8 +331,9 @@ class LocalBroker:
             quiet.parent.mkdir(parents=True, exist_ok=True)
             quiet.write_text(_LOG4J2.format(kind="Console", target="appender.out.target = SYSTEM_ERR\n", level="WARN"))
         argv = list(args)
-        if not any(a in ("--bootstrap-server", "--broker-list") for a in argv):
-            argv = ["--bootstrap-server", bootstrap or self.bootstrap, *argv]
+        if not any(a in ("--bootstrap-server", "--broker-list", "-h", "--help") for a in argv):
+            flag = "--broker-list" if tool == "copier" else "--bootstrap-server"  # the copier's own name for it
+            argv = [flag, bootstrap or self.bootstrap, *argv]
         return [
             java,
             "-Xmx256m",

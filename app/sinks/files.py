@@ -1,18 +1,47 @@
 """Files as a two-phase sink: NDJSON or Parquet parts with deterministic names.
 
-* prepare: rows → ``<dir>/_staging/<topic>/<partition>/part-<first>-<last>.<attempt>.<ext>.tmp``
-  (a fresh attempt id, so two attempts at a range never collide), fsync file and
-  directory. This is the acknowledgement the commit seam waits for.
-* finalize: atomic ``os.replace`` to ``<dir>/<topic>/partition=<p>/part-<first:020d>-<last:020d>.<ext>``,
-  fsync the directory. Idempotent: a final file with the recorded checksum means
-  done. It never overwrites a final file with different content.
+Layout under the sink directory ``<dir>``:
 
-Crash behaviour: a crash before the commit point leaves a staging file no journal
-event names (deleted on the next assignment); a crash after it leaves one the
-journal names (renamed by recovery); a crash after the rename is harmless.
+* staging: ``<dir>/_staging/<topic>/<partition>/part-<first:020d>-<last:020d>.<attempt>.<ext>.tmp``
+  where ``<attempt>`` is a fresh random id per ``prepare`` call, so two attempts at
+  the same range never collide;
+* final: ``<dir>/<topic>/partition=<partition>/part-<first:020d>-<last:020d>.<ext>``,
+  a pure function of the range (Kafka Connect S3-style naming).
 
-Rows are flat records ``{"_token_id", "_key", "_event_time_ms", **payload}``; the
-same tokens always produce byte-identical files.
+Phases:
+
+* ``prepare`` serialises the tokens in the given order, writes the staging file
+  (exclusive create), flushes and fsyncs it, fsyncs the staging directory (and
+  every directory it had to create, via its parent). Its return is the sink's
+  acknowledgement: the bytes are durable. Nothing is visible yet.
+* ``finalize`` (only after the commit point) checks the staged bytes against the
+  committed sha256, ``os.replace``-s them to the final name and fsyncs both
+  directories. Idempotent: a final file with the committed checksum means done
+  (a leftover staging copy is removed). It never overwrites a final file with other
+  content (``PartConflictError``) and is loud when both files are gone
+  (``PartMissingError``: data loss).
+
+Crash behaviour:
+
+* crash before ``prepare`` returns (or before the commit point): at most a staging
+  file no journal event references; the runner deletes it on the next assignment
+  (``leftover_staging`` / ``remove_staging``) and the rows are re-read from the
+  committed offsets;
+* crash after the commit point but before ``finalize``: a staging file the
+  ``part_committed`` event names; the runner re-drives ``finalize`` from the journal;
+* crash after the rename (before ``part_finalized`` is journalled): harmless,
+  ``finalize`` run again returns False.
+
+Rows are flat records ``{"_token_id", "_key", "_event_time_ms", **payload}``. A
+payload field named like one of the three envelope columns is rejected with a
+``ValueError`` naming the token and the field (never silently overwritten).
+NDJSON: one orjson object per token, payload in insertion order, ``\\n``-terminated.
+Parquet (zstd): envelope columns typed ``string, string, int64``; payload columns
+are the union of the payload keys in first-seen order, types inferred per column
+(a missing key reads back as null; mixed types in one column are a ``ValueError``).
+Output is a pure function of the tokens: the same tokens give byte-identical files
+(I8) for a given pyarrow version (Parquet's ``created_by`` names the version; no
+timestamps are written).
 """
 
 from __future__ import annotations
@@ -20,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,18 +57,14 @@ from typing import Any, Literal
 
 import orjson
 
-from app.sinks.base import PreparedPart
+from app.sinks.base import PartConflictError, PartMissingError, PreparedPart
 from app.tokens import Token
 
+__all__ = ["ENVELOPE", "FilePartWriter", "PartConflictError", "PartMissingError"]
+
 ENVELOPE = ("_token_id", "_key", "_event_time_ms")
-
-
-class PartMissingError(RuntimeError):
-    """A committed part has neither a staging nor a final file: data loss, never ignored."""
-
-
-class PartConflictError(RuntimeError):
-    """A final file exists with other content than the committed part."""
+STAGING_DIR = "_staging"
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's legal topic names
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,7 +76,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _makedirs(path: Path) -> None:
-    """Create ``path`` and fsync each parent whose entry list changed."""
+    """Create ``path`` and its missing parents, fsyncing each parent whose entries changed."""
     missing = []
     p = path
     while not p.exists():
@@ -62,7 +88,7 @@ def _makedirs(path: Path) -> None:
         _fsync_dir(d.parent)
 
 
-def _sha256(path: str) -> str:
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -70,56 +96,108 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _records(tokens: Sequence[Token]) -> list[dict[str, Any]]:
-    out = []
+def _write_durable(path: Path, data: Any) -> None:
+    """Exclusively create ``path`` with ``data`` (bytes-like) and fsync it; no partial file on error."""
+    try:
+        with open(path, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _payload_columns(tokens: Sequence[Token]) -> list[str]:
+    """Union of payload keys in first-seen order; rejects keys that collide with the envelope."""
+    cols: dict[str, None] = {}
+    last: Any = None
     for t in tokens:
-        p = t["payload"]
-        for k in ENVELOPE:
-            if k in p:
-                raise ValueError(f"token {t['token_id']}: payload field {k!r} collides with an envelope column")
-        out.append({"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **p})
-    return out
+        keys = t["payload"].keys()
+        if keys == last:  # the common case: every row has the same fields
+            continue
+        for k in keys:
+            if k not in cols:
+                if k in ENVELOPE:
+                    raise ValueError(
+                        f"token {t['token_id']!r}: payload field {k!r} collides with the envelope column of that name"
+                    )
+                cols[k] = None
+        last = keys
+    return list(cols)
+
+
+def _ndjson(tokens: Sequence[Token]) -> bytes:
+    dumps = orjson.dumps
+    return b"".join(
+        [
+            dumps({"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **t["payload"]})
+            + b"\n"
+            for t in tokens
+        ]
+    )
+
+
+def _parquet(tokens: Sequence[Token], columns: list[str]) -> Any:
+    """Parquet file bytes (a pyarrow Buffer) for ``tokens``; deterministic for a pyarrow version."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = [
+        pa.array([t["token_id"] for t in tokens], pa.string()),
+        pa.array([t["key"] for t in tokens], pa.string()),
+        pa.array([t["event_time_ms"] for t in tokens], pa.int64()),
+    ]
+    payloads = [t["payload"] for t in tokens]
+    for c in columns:
+        try:
+            arrays.append(pa.array([p.get(c) for p in payloads]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"payload field {c!r}: values do not form one Parquet column: {exc}") from exc
+    table = pa.Table.from_arrays(arrays, names=[*ENVELOPE, *columns])
+    out = pa.BufferOutputStream()
+    pq.write_table(table, out, compression="zstd", version="2.6", write_statistics=True)
+    return out.getvalue()
 
 
 class FilePartWriter:
+    """``PartWriter`` for a directory of NDJSON or Parquet files; see the module docstring."""
+
     def __init__(self, sink_name: str, directory: Path, fmt: Literal["ndjson", "parquet"]) -> None:
+        if fmt not in ("ndjson", "parquet"):
+            raise ValueError(f"file sink {sink_name!r}: unknown format {fmt!r} (ndjson or parquet)")
         self.sink = sink_name
         self.dir = Path(directory)
         self.fmt = fmt
-        self.ext = "ndjson" if fmt == "ndjson" else "parquet"
+        self.ext = fmt
 
     def final_path(self, topic: str, partition: int, first: int, last: int) -> Path:
+        """Deterministic visible name of the part ``first..last`` of ``topic``/``partition``."""
         return self.dir / topic / f"partition={partition}" / f"part-{first:020d}-{last:020d}.{self.ext}"
 
     def _staging_dir(self, topic: str, partition: int) -> Path:
-        return self.dir / "_staging" / topic / str(partition)
+        return self.dir / STAGING_DIR / topic / str(partition)
+
+    @staticmethod
+    def _check_range(topic: str, partition: int, first: int, last: int) -> None:
+        if not _TOPIC_RE.fullmatch(topic) or topic in (".", ".."):
+            raise ValueError(f"not a Kafka topic name: {topic!r}")
+        if partition < 0 or not 0 <= first <= last:
+            raise ValueError(f"bad part range {topic}/{partition} {first}..{last}")
 
     def prepare(
         self, topic: str, partition: int, first_offset: int, last_offset: int, tokens: Sequence[Token]
     ) -> PreparedPart:
+        """Stage ``tokens`` durably (file + directory fsynced); the return is the sink's acknowledgement."""
+        self._check_range(topic, partition, first_offset, last_offset)
+        columns = _payload_columns(tokens)
+        data = _ndjson(tokens) if self.fmt == "ndjson" else _parquet(tokens, columns)
         sdir = self._staging_dir(topic, partition)
-        if not sdir.exists():
-            _makedirs(sdir)
+        _makedirs(sdir)
         attempt = uuid.uuid4().hex[:12]
         staging = sdir / f"part-{first_offset:020d}-{last_offset:020d}.{attempt}.{self.ext}.tmp"
-        if self.fmt == "ndjson":
-            dumps = orjson.dumps
-            data = b"".join(dumps(r) + b"\n" for r in _records(tokens))
-            with open(staging, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            checksum, size = hashlib.sha256(data).hexdigest(), len(data)
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pylist(_records(tokens))
-            with open(staging, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            checksum, size = _sha256(str(staging)), staging.stat().st_size
+        _write_durable(staging, data)
         _fsync_dir(sdir)
         return PreparedPart(
             sink=self.sink,
@@ -128,48 +206,61 @@ class FilePartWriter:
             first_offset=first_offset,
             last_offset=last_offset,
             rows=len(tokens),
-            bytes=size,
-            checksum=checksum,
+            bytes=len(data) if isinstance(data, bytes) else data.size,
+            checksum=hashlib.sha256(data).hexdigest(),
             staging_path=str(staging),
             final_path=str(self.final_path(topic, partition, first_offset, last_offset)),
         )
 
     def finalize(self, part: PreparedPart) -> bool:
+        """Rename a committed part into place; True if renamed now, False if it already was final.
+
+        Raises ``PartConflictError`` if the final (or staged) bytes differ from ``part.checksum``
+        and ``PartMissingError`` if neither file exists.
+        """
         final, staging = Path(part.final_path), Path(part.staging_path)
-        for _ in range(2):
-            if final.exists():
-                if _sha256(str(final)) != part.checksum:
-                    raise PartConflictError(
-                        f"{final} exists with other content than part {part.first_offset}..{part.last_offset}"
-                    )
-                if staging.exists():
-                    self.remove_staging(str(staging))
-                return False
-            if not staging.exists():
-                raise PartMissingError(
-                    f"part {part.topic}/{part.partition} {part.first_offset}..{part.last_offset} "
-                    "is committed "
-                    f"but neither {staging} nor {final} exists"
-                )
-            if not final.parent.exists():
-                _makedirs(final.parent)
+        name = f"part {part.sink}:{part.topic}/{part.partition} {part.first_offset}..{part.last_offset}"
+        if not final.exists():
             try:
-                os.replace(staging, final)
+                staged = _sha256_file(staging)
             except FileNotFoundError:
-                continue  # another worker finalized it between our checks: re-check
-            _fsync_dir(final.parent)
-            _fsync_dir(staging.parent)
-            return True
+                staged = None
+            if staged is not None:
+                if staged != part.checksum:
+                    raise PartConflictError(f"{name}: staged file {staging} does not match the committed checksum")
+                _makedirs(final.parent)
+                try:
+                    os.replace(staging, final)
+                except FileNotFoundError:
+                    pass  # a concurrent finalize of the same part renamed it first: verify below
+                else:
+                    _fsync_dir(final.parent)
+                    _fsync_dir(staging.parent)
+                    return True
+        try:
+            have = _sha256_file(final)
+        except FileNotFoundError:
+            raise PartMissingError(f"{name} is committed but neither {staging} nor {final} exists") from None
+        if have != part.checksum:
+            raise PartConflictError(f"{name}: {final} exists with other content than the committed part")
+        self.remove_staging(part.staging_path)
         return False
 
     def discard(self, part: PreparedPart) -> None:
+        """Delete the staging file of a part that will never commit (no error if absent)."""
         self.remove_staging(part.staging_path)
 
     def leftover_staging(self, topic: str, partition: int) -> list[str]:
+        """Staging files of ``topic``/``partition`` (this sink directory only), sorted."""
         sdir = self._staging_dir(topic, partition)
-        return sorted(str(p) for p in sdir.glob("*.tmp")) if sdir.exists() else []
+        return sorted(str(p) for p in sdir.glob("part-*.tmp"))
 
     def remove_staging(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        """Delete a staging file and fsync its directory; no error if it is already gone."""
+        if not path.endswith(".tmp"):
+            raise ValueError(f"not a staging file: {path}")
+        try:
             os.unlink(path)
-            _fsync_dir(Path(path).parent)
+        except FileNotFoundError:
+            return
+        _fsync_dir(Path(path).parent)

@@ -1,0 +1,167 @@
+"""The non-ledgerflow contenders of the benchmark, one mode each.
+
+    python tests/bench/contenders.py MODE --bootstrap B --input T --output T --group G --rows N
+
+Each reads ``--rows`` JSON rows from ``--input`` and writes the same rows with one
+field added (the "trivial map") to ``--output``, as its users would write it, then
+exits (faust and Quix run until the harness stops them). ``rawparquet`` instead
+reads ledgerflow tokens and writes Parquet parts (the file-sink ceiling).
+Progress is measured by the harness from the consumer group's committed offsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def raw_loop(a: argparse.Namespace) -> None:
+    """confluent-kafka, at-least-once: the no-guarantee ceiling for Python."""
+    from confluent_kafka import Consumer, Producer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": a.bootstrap,
+            "group.id": a.group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    p = Producer(
+        {"bootstrap.servers": a.bootstrap, "linger.ms": 5, "batch.num.messages": 10000, "compression.type": "lz4"}
+    )
+    c.subscribe([a.input])
+    done = 0
+    loads, dumps = json.loads, json.dumps
+    while done < a.rows:
+        msgs = c.consume(10000, 0.2)
+        for m in msgs:
+            if m.error():
+                continue
+            row = loads(m.value())
+            row["x"] = 1
+            while True:
+                try:
+                    p.produce(a.output, dumps(row).encode(), m.key())
+                    break
+                except BufferError:
+                    p.poll(0.05)
+        if msgs:
+            p.poll(0)
+            c.commit(asynchronous=True)
+            done += len(msgs)
+    p.flush()
+    c.commit(asynchronous=False)
+    c.close()
+
+
+def raw_parquet(a: argparse.Namespace) -> None:
+    """consume ledgerflow tokens + pyarrow Parquet parts, at-least-once (offsets after the write)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from confluent_kafka import Consumer
+
+    from app.codecs.tokens import TokenCodec
+
+    codec = TokenCodec()
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    c = Consumer(
+        {
+            "bootstrap.servers": a.bootstrap,
+            "group.id": a.group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([a.input])
+    done, n = 0, 0
+    buf: list[dict[str, object]] = []
+    while done < a.rows:
+        msgs = c.consume(10000, 0.2)
+        for m in msgs:
+            if m.error():
+                continue
+            t = codec.decode(m.value())
+            buf.append(
+                {"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **t["payload"]}
+            )
+        done += len(msgs)
+        if buf and (len(buf) >= a.part_rows or done >= a.rows or not msgs):
+            pq.write_table(pa.Table.from_pylist(buf), out / f"part-{n:06d}.parquet", compression="zstd")
+            n += 1
+            buf = []
+            c.commit(asynchronous=False)
+    c.close()
+
+
+def quix(a: argparse.Namespace) -> None:
+    """Quix Streams with processing_guarantee="exactly-once"."""
+    from quixstreams import Application
+
+    app = Application(
+        broker_address=a.bootstrap,
+        consumer_group=a.group,
+        auto_offset_reset="earliest",
+        processing_guarantee="exactly-once",
+        use_changelog_topics=False,
+        auto_create_topics=False,
+    )
+    src = app.topic(a.input, value_deserializer="json")
+    dst = app.topic(a.output, value_serializer="json")
+    sdf = app.dataframe(src)
+    sdf = sdf.apply(lambda row: {**row, "x": 1})
+    sdf.to_topic(dst)
+    app.run()
+
+
+def faust_app(a: argparse.Namespace) -> None:
+    """faust-streaming with processing_guarantee="exactly_once"."""
+    import faust
+
+    app = faust.App(
+        a.group,
+        broker=f"kafka://{a.bootstrap}",
+        processing_guarantee="exactly_once",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        store="memory://",
+    )
+    src = app.topic(a.input, value_serializer="json")
+    dst = app.topic(a.output, value_serializer="json")
+
+    @app.agent(src)
+    async def copy(stream):  # type: ignore[no-untyped-def]
+        async for row in stream:
+            await dst.send(value={**row, "x": 1})
+
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
+    app.main()
+
+
+MODES = {"raw": raw_loop, "rawparquet": raw_parquet, "quix": quix, "faust": faust_app}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=sorted(MODES))
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--group", required=True)
+    ap.add_argument("--rows", type=int, required=True)
+    ap.add_argument("--part-rows", type=int, default=50_000)
+    a = ap.parse_args()
+    t0 = time.monotonic()
+    MODES[a.mode](a)
+    print(f"{a.mode}: {a.rows} rows in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
