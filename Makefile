@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what they need (venv, packages, jars).
-.PHONY: demo test lint
+.PHONY: demo test lint bench
 
 demo:
 	@deploy/local/bootstrap.sh
@@ -14,3 +14,10 @@ test:
 
 lint:
 	@.venv/bin/ruff check app tests && .venv/bin/ruff format --check app tests && .venv/bin/mypy app
+
+# Benchmarks against the peers (Quix Streams, faust-streaming live in their own venv
+# so their pins never touch the test environment); writes docs/benchmarks.md.
+bench:
+	@deploy/local/bootstrap.sh
+	@[ -x .venv-bench/bin/python ] || (python3 -m venv .venv-bench && .venv-bench/bin/pip install -q quixstreams faust-streaming "aiokafka[lz4]" orjson)
+	@.venv/bin/python -m tests.bench --write-doc

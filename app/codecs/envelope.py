@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-_ONE_BYTE = [bytes((n << 1,)) for n in range(64)]  # zigzag varints of small non-negative ints
-
 
 def _varint(n: int) -> bytes:
     """Zigzag varint of a signed 64-bit int."""
@@ -24,8 +22,21 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+_SMALL = [_varint(n) for n in range(16384)]  # lengths below 16 KiB: a table lookup
+_TS_CACHE: dict[int, bytes] = {}  # rows of a batch share event-time milliseconds
+
+
 def _len(n: int) -> bytes:
-    return _ONE_BYTE[n] if n < 64 else _varint(n)
+    return _SMALL[n] if n < 16384 else _varint(n)
+
+
+def _ts(v: int) -> bytes:
+    out = _TS_CACHE.get(v)
+    if out is None:
+        if len(_TS_CACHE) > 65536:
+            _TS_CACHE.clear()
+        out = _TS_CACHE[v] = _varint(v)
+    return out
 
 
 _NULL = b"\x00"
@@ -34,25 +45,36 @@ _EMPTY_ARRAY = b"\x00"
 
 
 def encode_envelope(t: dict[str, Any], payload: bytes) -> bytes:
+    small = _SMALL
     tid = t["token_id"].encode()
     sid = t["source_id"].encode()
     pos = t["source_position"].encode()
     key = t["key"]
     ts = t["event_time_ms"]
     lineage = t["lineage"]
-    parts = [_len(len(tid)), tid]
-    if key is None:
-        parts.append(_NULL)
+    n_tid, n_pay, n_sid, n_pos = len(tid), len(payload), len(sid), len(pos)
+    if n_tid < 16384 and n_pay < 16384 and n_sid < 16384 and n_pos < 16384:
+        parts = [small[n_tid], tid]
+        if key is None:
+            parts.append(_NULL)
+        else:
+            kb = key.encode()
+            parts += (_SOME, _len(len(kb)), kb)
+        parts += (small[n_pay], payload, small[n_sid], sid, small[n_pos], pos)
     else:
-        kb = key.encode()
-        parts += (_SOME, _len(len(kb)), kb)
-    parts += (_len(len(payload)), payload, _len(len(sid)), sid, _len(len(pos)), pos)
+        parts = [_len(n_tid), tid]
+        if key is None:
+            parts.append(_NULL)
+        else:
+            kb = key.encode()
+            parts += (_SOME, _len(len(kb)), kb)
+        parts += (_len(n_pay), payload, _len(n_sid), sid, _len(n_pos), pos)
     if ts is None:
         parts.append(_NULL)
     else:
-        parts += (_SOME, _varint(ts))
+        parts += (_SOME, _ts(ts))
     if lineage:
-        parts.append(_varint(len(lineage)))
+        parts.append(_len(len(lineage)))
         for step in lineage:
             sb = step.encode()
             parts += (_len(len(sb)), sb)

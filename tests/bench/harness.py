@@ -184,6 +184,8 @@ def scenario_eos(ctx: Ctx) -> list[Result]:
     out: list[Result] = []
 
     def run(contender: str, guarantee: str, group: str, proc_factory: object, note: str = "") -> None:
+        if ctx.only and not any(o in contender.lower() for o in ctx.only):
+            return
         say(f"eos: running {contender}")
         procs = proc_factory()  # type: ignore[operator]
         t0 = time.monotonic()
@@ -254,6 +256,8 @@ def scenario_eos(ctx: Ctx) -> list[Result]:
         ("quix", "Quix Streams", "exactly-once", BENCH_PY),
         ("faust", "faust-streaming", "exactly-once", BENCH_PY),
     ):
+        if ctx.only and not any(o in label.lower() for o in ctx.only):
+            continue
         if not Path(python).exists():
             out.append(Result("eos transform", label, guarantee, rows, None, None, "not installed (.venv-bench)"))
             continue
@@ -448,6 +452,7 @@ class Ctx:
         self.run = uuid.uuid4().hex[:6]
         self.tmp = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
         self.latency: tuple[float, float, float, int, int] | None = None
+        self.only = [c.strip().lower() for c in args.contenders.split(",")] if args.contenders else []
 
     def name(self, what: str) -> str:
         return f"bench-{self.run}-{what}"
@@ -511,6 +516,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--latency-seconds", type=float, default=20)
     ap.add_argument("--timeout", type=float, default=150, help="per contender; slower ones report partial progress")
     ap.add_argument("--write-doc", action="store_true", help="update docs/benchmarks.md")
+    ap.add_argument("--contenders", default="", help="eos: only contenders whose name contains one of these")
+    ap.add_argument("--keep", action="store_true", help="keep the run's temp dir (logs)")
     args = ap.parse_args(argv)
     ctx = Ctx(args)
     wanted = set(args.scenarios.split(","))
@@ -531,5 +538,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         print(table)
         if args.write_doc:
             write_doc(table)
-        shutil.rmtree(ctx.tmp, ignore_errors=True)
+        if args.keep:
+            say(f"logs kept in {ctx.tmp}")
+        else:
+            shutil.rmtree(ctx.tmp, ignore_errors=True)
     return results
