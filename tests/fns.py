@@ -23,3 +23,18 @@ def spoil_some(row: dict[str, Any]) -> dict[str, Any]:
             return {**row, "country": "TOO-LONG"}  # value too long for varchar(2)
         return {**row, "quantity": -1}  # violates the CHECK constraint
     return row
+
+
+def jitter_time(row: dict[str, Any]) -> dict[str, Any]:
+    """Event time ``ts`` that runs forward with ``id`` but arrives up to 4 s out of order."""
+    i = int(row["id"])
+    return {**row, "ts": 1_700_000_000_000 + i * 10 - (i * 7919) % 4000}
+
+
+def running_total(state: Any, token: Any) -> list[dict[str, Any]]:
+    """User stateful function: per-key running total; emits every 5th row of a key."""
+    key = token["key"]
+    seen = state.get(key, {"n": 0, "total": 0})
+    seen = {"n": seen["n"] + 1, "total": seen["total"] + int(token["payload"]["amount"])}
+    state[key] = seen
+    return [{"key": key, **seen}] if seen["n"] % 5 == 0 else []

@@ -29,6 +29,45 @@ class PipelineFiles:
     rows: int
 
 
+def write_topics(tmp: Path, name: str, data_topics: list[str], partitions: int) -> None:
+    """``topics.yaml`` with the data topics plus the pipeline's journal and DLQ."""
+    lines = ["topics:"]
+    for t in data_topics:
+        lines += [f"  - name: {t}", f"    partitions: {partitions}"]
+    lines += [f"  - name: {name}.journal", "    partitions: 1", "    configs: {cleanup.policy: compact}"]
+    lines += [f"  - name: {name}.dlq", "    partitions: 1", ""]
+    (tmp / "topics.yaml").write_text("\n".join(lines))
+
+
+def wait_log(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Wait until ``text`` appears in a worker's log; fail if the worker exits first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text():
+            return
+        assert proc.poll() is None, f"worker exited early: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {log} after {timeout}s")
+
+
+def stop(*procs: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM every worker still running (resuming a SIGSTOPped one first), then wait
+    (SIGKILL after ``timeout``)."""
+    import signal
+
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def write_pipeline(
     tmp: Path,
     name: str,
@@ -45,19 +84,7 @@ def write_pipeline(
     steps: str = "      - project: {rename: {amount: amount_cents}}\n",
 ) -> PipelineFiles:
     raw, clean = f"{name}.raw", f"{name}.clean"
-    (tmp / "topics.yaml").write_text(
-        f"""topics:
-  - name: {raw}
-    partitions: {partitions}
-  - name: {clean}
-    partitions: {partitions}
-  - name: {name}.journal
-    partitions: 1
-    configs: {{cleanup.policy: compact}}
-  - name: {name}.dlq
-    partitions: 1
-"""
-    )
+    write_topics(tmp, name, [raw, clean], partitions)
     source = (
         source_block
         or f"""  - name: gen

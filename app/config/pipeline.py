@@ -157,6 +157,58 @@ def _step_from_yaml(item: Any, index: int) -> Any:
     return {"kind": kind, **args}
 
 
+class WindowSpec(_Model):
+    """Event-time windows: tumbling (``size_ms``) or hopping (``size_ms`` every ``advance_ms``)."""
+
+    type: Literal["tumbling", "hopping"] = "tumbling"
+    size_ms: int = Field(gt=0)
+    advance_ms: int | None = Field(default=None, gt=0)
+    allowed_lateness_ms: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _advance(self) -> WindowSpec:
+        if self.type == "hopping" and (self.advance_ms is None or self.advance_ms > self.size_ms):
+            raise ValueError("a hopping window needs advance_ms, at most size_ms")
+        if self.type == "tumbling" and self.advance_ms is not None and self.advance_ms != self.size_ms:
+            raise ValueError("a tumbling window takes no advance_ms (use type: hopping)")
+        return self
+
+
+class DedupeOp(_Model):
+    kind: Literal["dedupe"] = "dedupe"
+    field: str | None = None  # payload field to dedupe by; default: the record key
+    ttl_ms: int | None = Field(default=None, gt=0)  # forget a key this long (event time) after it was seen
+    time_field: str | None = None  # payload field with the event time (ms); default: the token's event time
+
+
+AggFunction = Literal["count", "sum", "min", "max"]
+
+
+class AggregateOp(_Model):
+    kind: Literal["aggregate"] = "aggregate"
+    key_field: str | None = None  # default: the record key
+    value_field: str | None = None
+    functions: list[AggFunction] = Field(default_factory=lambda: list[AggFunction](["count"]), min_length=1)
+    window: WindowSpec | None = None
+    time_field: str | None = None
+    late: str = "dlq"  # "dlq", or a topic that receives late rows unchanged
+
+    @model_validator(mode="after")
+    def _value(self) -> AggregateOp:
+        if any(f != "count" for f in self.functions) and self.value_field is None:
+            raise ValueError("sum/min/max need value_field")
+        return self
+
+
+class StatefulFunction(_Model):
+    kind: Literal["function"] = "function"
+    function: str
+
+
+StatefulStep = Annotated[DedupeOp | AggregateOp | StatefulFunction, Field(discriminator="kind")]
+STATEFUL_KINDS = ("dedupe", "aggregate", "function")
+
+
 class Transform(_Model):
     name: str = Field(pattern=_NAME)
     input: str
@@ -164,6 +216,29 @@ class Transform(_Model):
     input_schema: str | None = None
     output: str | None = None
     steps: list[Step] = Field(default_factory=list)
+    stateful: StatefulStep | None = None  # runs after the steps, on state kept per input partition
+    store: str | None = Field(default=None, pattern=_NAME)  # state store name; default: the transform's
+
+    @field_validator("stateful", mode="before")
+    @classmethod
+    def _stateful(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in STATEFUL_KINDS:
+            keys = list(v) if isinstance(v, dict) else type(v).__name__
+            raise ValueError(f"stateful must be a mapping with exactly one of {', '.join(STATEFUL_KINDS)}; got {keys}")
+        kind, args = next(iter(v.items()))
+        if kind == "function":
+            if not isinstance(args, str) or not _CALLABLE.match(args):
+                raise ValueError(f"stateful function needs 'module:function', got {args!r}")
+            return {"kind": kind, "function": args}
+        if not isinstance(args, dict):
+            raise ValueError(f"stateful {kind} needs a mapping of arguments")
+        return {"kind": kind, **args}
+
+    @property
+    def store_name(self) -> str:
+        return self.store or self.name
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -176,6 +251,11 @@ class Transform(_Model):
     def _schema(self) -> Transform:
         if (self.input_format == "avro") != (self.input_schema is not None):
             raise ValueError("input_schema is required exactly when input_format is avro")
+        if self.stateful is not None:
+            if self.output is None:
+                raise ValueError("a stateful transform needs an output topic")
+            if any(isinstance(st, RouteStep) for st in self.steps):
+                raise ValueError("a stateful transform cannot route (its state is per input partition)")
         return self
 
 
@@ -264,6 +344,7 @@ class PipelineSpec(_Model):
     journal_topic: str | None = None
     dlq_topic: str | None = None
     state_dir: str = ".ledgerflow/state"
+    restore_chunk: int = Field(default=50_000, gt=0)  # changelog records applied per local write on restore
     sources: list[Source] = Field(default_factory=list)
     transforms: list[Transform] = Field(default_factory=list)
     sinks: list[Sink] = Field(default_factory=list)
@@ -303,6 +384,8 @@ class PipelineSpec(_Model):
             out.add(t.input)
             if t.output:
                 out.add(t.output)
+            if isinstance(t.stateful, AggregateOp) and t.stateful.late != "dlq":
+                out.add(t.stateful.late)
             for st in t.steps:
                 if isinstance(st, RouteStep):
                     out.update(st.routes.values())

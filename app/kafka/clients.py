@@ -106,21 +106,49 @@ class TxnProducer:
     def produce_batch(
         self,
         topic: str,
-        values: Sequence[bytes],
+        values: Sequence[bytes | None],
         keys: Sequence[bytes | None],
         headers: Headers | None = None,
+        *,
+        partition: int = -1,
+        on_last: Callable[[int], None] | None = None,
     ) -> None:
-        """Queue many records (hot path: one Python loop, no per-record wrapper calls)."""
+        """Queue many records (hot path: one Python loop, no per-record wrapper calls).
+
+        ``on_last`` receives the offset of the last record once it is delivered
+        (served by ``serve_callbacks``; every record is delivered by the time a
+        transaction commits)."""
         produce = self._produce
+        if len(keys) != len(values):
+            raise ValueError(f"produce_batch({topic}): {len(values)} values but {len(keys)} keys")
+        head = values if on_last is None else values[:-1]
         try:
-            for value, key in zip(values, keys, strict=True):
+            for value, key in zip(head, keys):  # noqa: B905 - lengths checked above
                 try:
-                    produce(topic, value, key, headers=headers)
+                    produce(topic, value, key, partition=partition, headers=headers)
                 except BufferError:
                     self._p.poll(0.05)
-                    self.produce(topic, value, key, headers)
+                    self.produce(topic, value, key, headers, partition)
+            if on_last is not None and values:
+
+                def delivered(err: Any, msg: Any) -> None:
+                    if err is None:
+                        on_last(int(msg.offset()))
+
+                while True:
+                    try:
+                        produce(
+                            topic, values[-1], keys[-1], partition=partition, headers=headers, on_delivery=delivered
+                        )
+                        break
+                    except BufferError:
+                        self._p.poll(0.05)
         except KafkaException as exc:
             raise classify("produce", exc) from exc
+        self._p.poll(0)
+
+    def serve_callbacks(self) -> None:
+        """Run pending delivery callbacks (after a commit, every record's report is queued)."""
         self._p.poll(0)
 
     def send_offsets(self, offsets: Iterable[tuple[str, int, int]], consumer: BatchConsumer) -> None:

@@ -9,14 +9,17 @@ Every runner (source, transform, sink) ends a batch by handing a ``Batch`` to
 1. two-phase sinks: the part is already prepared (staged + fsynced) by the caller:
    that is the sink's acknowledgement                      -> ``sink.after_prepare``
 2. begin the Kafka transaction
-3. produce output records, DLQ records and journal events (checkpoints,
-   ``part_committed``, ``part_finalized`` left over from earlier batches)
-                                          -> ``<stage>.after_produce``, ``journal.after_write``
+3. produce output records, state changelog records (stateful transforms), DLQ
+   records and journal events (checkpoints, ``part_committed``, ``part_finalized``
+   left over from earlier batches)
+        -> ``<stage>.after_produce``, ``state.after_changelog_before_commit``, ``journal.after_write``
 4. ``send_offsets_to_transaction`` with *fresh* group metadata (KIP-447 fencing)
                                                             -> ``<stage>.before_commit``
 5. commit the transaction: THE COMMIT POINT                 -> ``<stage>.after_commit``
-6. metrics hooks move (row counters never move before 5: invariant I4)
-7. finalize parts (atomic rename, fsync dir)                -> ``sink.after_finalize``;
+6. stateful transforms: the local state stores apply the committed changes and the
+   changelog offset they reach                  -> ``state.after_commit_before_local_write``
+7. metrics hooks move (row counters never move before 5: invariant I4)
+8. finalize parts (atomic rename, fsync dir)                -> ``sink.after_finalize``;
    their ``part_finalized`` events ride in the next transaction.
 
 Failures: a retriable error retries the same call; an abortable one aborts the
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -71,12 +74,17 @@ class WorkerFenced(Exception):
 
 @dataclass(slots=True)
 class TopicRecords:
-    """Records for one output topic, already encoded (column form: cheap to build)."""
+    """Records for one output topic, already encoded (column form: cheap to build).
+
+    ``partition`` -1 lets the partitioner choose by key; ``on_last`` receives the
+    offset of the last record once delivered (changelogs track their offsets so)."""
 
     topic: str
-    values: list[bytes]
-    keys: list[bytes | None]
+    values: Sequence[bytes | None]
+    keys: Sequence[bytes | None]
     headers: Headers | None = None
+    partition: int = -1
+    on_last: Callable[[int], None] | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +96,9 @@ class Batch:
     journal: list[JournalEvent] = field(default_factory=list)  # checkpoints, part events
     offsets: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, next offset)
     parts: list[PreparedPart] = field(default_factory=list)
+    changelog: list[TopicRecords] = field(default_factory=list)  # state changes (stateful transforms)
+    # stateful transforms: apply the committed changes to the local stores (after the commit point)
+    after_commit: Callable[[], None] | None = None
     rows_in: int = 0
     rows_written: int = 0  # rows a transactional sink committed (metrics only)
     dlq_reasons: dict[str, int] = field(default_factory=dict)  # reason class -> rows (metrics)
@@ -96,7 +107,9 @@ class Batch:
 
     @property
     def empty(self) -> bool:
-        return not (self.outputs or self.dlq or self.journal or self.offsets or self.parts or self.external)
+        return not (
+            self.outputs or self.changelog or self.dlq or self.journal or self.offsets or self.parts or self.external
+        )
 
 
 class CommitSeam:
@@ -164,6 +177,10 @@ class CommitSeam:
             for out in batch.outputs:
                 self.producer.produce_batch(out.topic, out.values, out.keys, out.headers)
             crash_point(f"{stage}.after_produce")
+            for cl in batch.changelog:
+                self.producer.produce_batch(cl.topic, cl.values, cl.keys, partition=cl.partition, on_last=cl.on_last)
+            if batch.changelog:
+                crash_point("state.after_changelog_before_commit")
             for value in dlq:
                 self.producer.produce(self.dlq_topic, value, None, self._dlq_headers())
             for ev in journal:
@@ -183,6 +200,10 @@ class CommitSeam:
             self.hooks.on_txn_open(self.stage, self.name, False)
         crash_point(f"{stage}.after_commit")
         self._pending_finalized.clear()
+        if batch.after_commit is not None:
+            self.producer.serve_callbacks()  # delivery reports carry the changelog offsets
+            crash_point("state.after_commit_before_local_write")
+            batch.after_commit()
         self.hooks.on_commit(self.stage, self.name, batch, time.perf_counter() - started)
         if batch.parts:
             crash_point("sink.after_commit_before_finalize")

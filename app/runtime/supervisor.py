@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from app.codecs.external import make_external_decoder
 from app.codecs.tokens import TokenCodec
-from app.config.pipeline import PipelineSpec, PostgresSink, resolve_bootstrap
+from app.config.pipeline import AggregateOp, DedupeOp, PipelineSpec, PostgresSink, Transform, resolve_bootstrap
 from app.config.topics import TopicSpec, load_topic_specs
 from app.journal.writer import Correlation
 from app.kafka.admin import Admin
@@ -45,6 +45,8 @@ from app.sinks.postgres import Column, PostgresWriter
 from app.sources.base import Source
 from app.sources.file_tail import FileTailSource
 from app.sources.generator import GeneratorSource
+from app.state.changelog import changelog_topic, ensure_changelog
+from app.state.manager import StateManager
 from app.transforms.chain import (
     StepFn,
     compile_chain,
@@ -55,6 +57,7 @@ from app.transforms.chain import (
     project_step,
     route_step,
 )
+from app.transforms.stateful import Aggregate, Dedupe, StatefulOp, UserStateful
 
 log = logging.getLogger("ledgerflow.run")
 
@@ -126,6 +129,27 @@ def _steps(transform: Any) -> list[StepFn]:
         else:  # pragma: no cover - the spec model admits no other kinds
             raise ValueError(f"transform {transform.name}: unknown step kind {kind!r}")
     return out
+
+
+def _stateful_op(tr: Transform) -> StatefulOp:
+    op = tr.stateful
+    if isinstance(op, DedupeOp):
+        return Dedupe(op.field, op.ttl_ms, op.time_field)
+    if isinstance(op, AggregateOp):
+        w = op.window
+        return Aggregate(
+            tr.name,
+            key_field=op.key_field,
+            value_field=op.value_field,
+            functions=list(op.functions),
+            size_ms=w.size_ms if w else None,
+            advance_ms=w.advance_ms if w else None,
+            lateness_ms=w.allowed_lateness_ms if w else 0,
+            time_field=op.time_field,
+            late_topic=None if op.late == "dlq" else op.late,
+        )
+    assert op is not None
+    return UserStateful(load_callable(op.function))
 
 
 def _decoder(fmt: str, schema: str | None) -> Decoder:
@@ -217,6 +241,21 @@ class Supervisor:
         if want("transform"):
             for tr in spec.transforms:
                 chain = compile_chain(tr.name, _steps(tr), tr.output)
+                state: StateManager | None = None
+                if tr.stateful is not None:
+                    cl_topic = changelog_topic(spec.pipeline, tr.store_name)
+                    ensure_changelog(Admin(self.bootstrap, extra), cl_topic, tr.input)
+                    state = StateManager(
+                        bootstrap=self.bootstrap,
+                        extra=extra,
+                        state_dir=Path(spec.state_dir),
+                        pipeline=spec.pipeline,
+                        worker_id=self.worker_id,
+                        store_name=tr.store_name,
+                        changelog_topic=cl_topic,
+                        op=_stateful_op(tr),
+                        restore_chunk=spec.restore_chunk,
+                    )
                 runner = TransformRunner(
                     ctx("transform", sources_done),
                     name=tr.name,
@@ -224,6 +263,7 @@ class Supervisor:
                     chain=chain,
                     decoder=_decoder(tr.input_format, tr.input_schema),
                     hooks=self.hooks,
+                    state=state,
                 )
                 self.workers.append(Worker("transform", runner))
         if want("sink"):

@@ -22,6 +22,7 @@ from app.kafka.clients import TP, BatchConsumer, InRecord, TxnProducer
 from app.observability.hooks import Hooks
 from app.runtime.commit import Batch, BatchAborted, CommitSeam, TopicRecords
 from app.runtime.stage import Progress, StageContext, group_id, transactional_id
+from app.state.manager import StateManager
 from app.tokens import Token
 from app.transforms.chain import Chain
 
@@ -77,6 +78,7 @@ class TransformRunner:
         chain: Chain,
         decoder: Decoder,
         hooks: Hooks,
+        state: StateManager | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = name
@@ -85,6 +87,7 @@ class TransformRunner:
         self.decode = decoder
         self.codec = TokenCodec()
         self.hooks = hooks
+        self.state = state
         self.progress = Progress()
         self.pending: dict[TP, list[InRecord]] = {}
         self._lag_at = 0.0
@@ -114,14 +117,22 @@ class TransformRunner:
 
     def _on_assign(self, parts: list[TP]) -> None:
         self.hooks.on_rebalance("transform", self.name, "assigned", len(parts))
-        self.hooks.on_assigned("transform", self.name)
         log.info("transform %s: assigned %s", self.name, parts)
+        if self.state is not None:  # restore before the first row of these partitions
+            try:
+                self.state.assign([p for t, p in parts if t == self.input_topic])
+            except BaseException:
+                log.exception("transform %s: restoring state for %s failed", self.name, parts)
+                raise
+        self.hooks.on_assigned("transform", self.name)
 
     def _on_revoke(self, parts: list[TP], lost: bool) -> None:
         self.hooks.on_rebalance("transform", self.name, "lost" if lost else "revoked", len(parts))
         self.hooks.on_partitions_gone("transform", self.name, parts)
         for tp in parts:
             self.pending.pop(tp, None)
+        if self.state is not None:
+            self.state.revoke([p for t, p in parts if t == self.input_topic])
         log.info("transform %s: %s %s", self.name, "lost" if lost else "revoked", parts)
 
     def run(self) -> None:
@@ -151,6 +162,8 @@ class TransformRunner:
                 self._commit_pending()
         finally:
             self.consumer.close()
+            if self.state is not None:
+                self.state.close()
 
     def _report_lag(self) -> None:
         now = time.monotonic()
@@ -180,8 +193,10 @@ class TransformRunner:
         reasons: dict[str, int] = {}
         offsets: list[tuple[str, int, int]] = []
         rows_in = 0
-        decode, chain = self.decode, self.chain
+        decode, chain, state = self.decode, self.chain, self.state
         for (topic, partition), recs in self.pending.items():
+            if state is not None and partition not in state.stores:
+                raise RuntimeError(f"transform {self.name}: no state store for {topic}/{partition} (not restored)")
             rows_in += len(recs)
             offsets.append((topic, partition, recs[-1].offset + 1))
             for rec in recs:
@@ -193,6 +208,12 @@ class TransformRunner:
                     continue
                 try:
                     outs = chain(token)
+                    if state is not None:
+                        outs = state.process_row(partition, outs)
+                except CodecError as exc:  # a stateful operator refusing the row (no key, late, ...)
+                    dlq.append(dead_letter(ctx, stage, rec, exc.reason_class, str(exc)))
+                    reasons[exc.reason_class] = reasons.get(exc.reason_class, 0) + 1
+                    continue
                 except Exception as exc:
                     detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=3)[-800:]}"
                     dlq.append(dead_letter(ctx, stage, rec, "transform_error", detail))
@@ -210,10 +231,15 @@ class TransformRunner:
             for dest, (tokens, keys) in by_topic.items()
         ]
         batch = Batch(outputs=outputs, dlq=dlq, offsets=offsets, rows_in=rows_in, dlq_reasons=reasons)
+        if state is not None:
+            batch.changelog = state.changelog_records([p for _t, p in self.pending])
+            batch.after_commit = state.after_commit
         self.pending = {}
         try:
             self.seam.commit(batch)
         except BatchAborted:
+            if state is not None:
+                state.abort()
             self.progress.aborts += 1
             self.consumer.rewind_to_committed()
             return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from tests.harness import (
     popen,
     run,
     sink_lines,
+    stop,
     wait_for_rows,
+    wait_log,
     write_pipeline,
 )
 
@@ -30,28 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 def _ids(n: int) -> set[str]:
     return {f"gen:{i}" for i in range(n)}
-
-
-def _stop(*procs: subprocess.Popen[bytes]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGCONT)
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def _wait_log(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text():
-            return
-        assert proc.poll() is None, f"worker exited early: {log.read_text()[-2000:]}"
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} not in {log} after {timeout}s")
 
 
 def test_twenty_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
@@ -99,7 +78,7 @@ def test_zombie_sink_worker_is_fenced(kafka: KafkaEnv, tmp_path: Path) -> None:
         wait_for_rows(pf.out, rows, timeout=180, proc=s2)
         time.sleep(2)
     finally:
-        _stop(src, tr, s1, s2)
+        stop(src, tr, s1, s2)
     assert_exactly_once(kafka, pf, _ids(rows))
     zombie_log = logs["s1"].read_text()
     assert any(s in zombie_log for s in ("lost [", "aborting transaction", "fenced")), zombie_log[-3000:]
@@ -118,13 +97,13 @@ def test_workers_join_and_leave_under_load(kafka: KafkaEnv, tmp_path: Path) -> N
         wait_for_rows(pf.out, 2000, proc=s1)
         t2 = popen(pf.spec, "--stage", "transform", "--worker-id", "t2", log=logs["t2"])
         s2 = popen(pf.spec, "--stage", "sink", "--worker-id", "s2", log=logs["s2"])
-        _wait_log(logs["s2"], "sink files: assigned [(", s2)
-        _wait_log(logs["t2"], "transform shape: assigned [(", t2)
+        wait_log(logs["s2"], "sink files: assigned [(", s2)
+        wait_log(logs["t2"], "transform shape: assigned [(", t2)
         before = len(sink_lines(pf.out))
         wait_for_rows(pf.out, before + 3000, timeout=120, proc=s1)
-        _stop(t2, s2)  # leave mid-run
+        stop(t2, s2)  # leave mid-run
         wait_for_rows(pf.out, rows, timeout=180, proc=s1)
         time.sleep(2)
     finally:
-        _stop(*(p for p in (src, t1, s1, t2, s2) if p is not None))
+        stop(*(p for p in (src, t1, s1, t2, s2) if p is not None))
     assert_exactly_once(kafka, pf, _ids(rows))

@@ -1,0 +1,146 @@
+"""Exactly-once state: crashes at the stateful points, mid-restore, lost local state,
+and a stateful partition moving between workers. Every case compares the sink with
+results recomputed from the input (``tests.stateful_harness``)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app.faults import CRASH_EXIT_CODE
+from tests.conftest import KafkaEnv
+from tests.harness import hanging_transactions, popen, read_dlq, run, stop, wait_for_rows, wait_log
+from tests.stateful_harness import (
+    AGGREGATE,
+    DEDUPE,
+    StatefulPipeline,
+    expected_dedupe,
+    expected_windows,
+    input_by_partition,
+    sink_rows,
+    write_stateful,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.crash]
+
+OPS = {"aggregate": AGGREGATE, "dedupe": DEDUPE}
+POINTS = ["state.after_changelog_before_commit", "state.after_commit_before_local_write"]
+HITS = [1, 3]
+
+
+def _uid() -> str:
+    """Unique per run: topics and groups of an earlier session on the same broker never collide."""
+    return uuid.uuid4().hex[:6]
+
+
+def assert_results(kafka: KafkaEnv, sp: StatefulPipeline, op: str) -> int:
+    """The sink holds exactly the recomputed results, each once; returns the row count."""
+    parts = input_by_partition(kafka, sp.raw)
+    rows = sink_rows(sp.out)
+    ids = [r["_token_id"] for r in rows]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicate result rows"
+    if op == "aggregate":
+        expected, late = expected_windows(parts)
+        got = {r["_token_id"]: {k: r[k] for k in ("count", "sum", "min", "max")} for r in rows}
+        missing = set(expected) - set(got)
+        extra = set(got) - set(expected)
+        assert not missing and not extra, f"missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}"
+        wrong = [k for k in expected if expected[k] != got[k]]
+        assert not wrong, f"{len(wrong)} windows differ, e.g. {wrong[0]}: {got[wrong[0]]} != {expected[wrong[0]]}"
+        dlq = read_dlq(kafka, f"{sp.name}.dlq")
+        assert sum(1 for d in dlq if d["error_class"] == "late_row") == late
+    else:
+        assert set(ids) == expected_dedupe(parts), "dedupe did not pass each key exactly once"
+    assert hanging_transactions(kafka, f"ledgerflow.{sp.name}.") == [], "a transaction was left open"
+    return len(rows)
+
+
+@pytest.fixture(scope="module")
+def reference_counts(kafka: KafkaEnv, tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Uninterrupted runs: their result counts are what crashed runs must also reach."""
+    counts = {}
+    for op, block in OPS.items():
+        tmp = tmp_path_factory.mktemp(f"ref-{op}")
+        sp = write_stateful(tmp, f"stref-{op}-{_uid()}", kafka, block)
+        proc = run(sp.spec, "--worker-id", "w1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        counts[op] = assert_results(kafka, sp, op)
+    return counts
+
+
+@pytest.mark.parametrize("hit", HITS)
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("op", list(OPS))
+def test_stateful_crash_point(
+    kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int], op: str, point: str, hit: int
+) -> None:
+    sp = write_stateful(tmp_path, f"st-{op}-{point.split('.')[1][:12]}-{hit}-{_uid()}", kafka, OPS[op])
+    crashed = run(sp.spec, "--worker-id", "w1", crash_at=f"{point}:{hit}")
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    assert f"crash point {point}" in crashed.stderr
+    finished = run(sp.spec, "--worker-id", "w1")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    if point == "state.after_commit_before_local_write":
+        assert "restored " in finished.stderr, "the store behind its changelog was not caught up"
+    assert assert_results(kafka, sp, op) == reference_counts[op]
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_crash_mid_restore(kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int], op: str) -> None:
+    sp = write_stateful(tmp_path, f"st-{op}-midrestore-{_uid()}", kafka, OPS[op], restore_chunk=100)
+    first = run(sp.spec, "--worker-id", "w1", crash_at="state.after_commit_before_local_write:6")
+    assert first.returncode == CRASH_EXIT_CODE, first.stderr[-3000:]
+    shutil.rmtree(sp.state_dir)  # the rebuild must come from the changelog alone
+    second = run(sp.spec, "--worker-id", "w1", crash_at="state.mid_restore:3")
+    assert second.returncode == CRASH_EXIT_CODE, second.stderr[-3000:]
+    assert "crash point state.mid_restore" in second.stderr
+    finished = run(sp.spec, "--worker-id", "w1")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "restored " in finished.stderr
+    assert assert_results(kafka, sp, op) == reference_counts[op]
+
+
+def test_local_state_deleted_between_runs(kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int]) -> None:
+    op = "aggregate"
+    sp = write_stateful(tmp_path, f"st-wipe-{_uid()}", kafka, OPS[op], rows=10_000)
+    assert run(sp.spec, "--worker-id", "w1").returncode == 0
+    assert any(sp.state_dir.rglob("CURRENT")), "no local RocksDB store was written"
+    shutil.rmtree(sp.state_dir)
+    sp.spec.write_text(sp.spec.read_text().replace("rows: 10000", "rows: 20000"))  # the source continues
+    second = run(sp.spec, "--worker-id", "w1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    restored = [line for line in second.stderr.splitlines() if "restored " in line]
+    assert restored and any(" 0 records" not in line for line in restored), second.stderr[-3000:]
+    assert assert_results(kafka, sp, op) == reference_counts[op]
+
+
+def test_stateful_partitions_move_between_workers(
+    kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int]
+) -> None:
+    op = "aggregate"
+    sp = write_stateful(tmp_path, f"st-rebal-{_uid()}", kafka, OPS[op], rate=2500)
+    logs = {n: tmp_path / f"{n}.log" for n in ("src", "t1", "t2", "sink")}
+    src = popen(sp.spec, "--stage", "source", "--worker-id", "src", "--exit-when-done", log=logs["src"])
+    t1 = popen(sp.spec, "--stage", "transform", "--worker-id", "t1", log=logs["t1"])
+    sink = popen(sp.spec, "--stage", "sink", "--worker-id", "sink", log=logs["sink"])
+    t2 = None
+    try:
+        wait_for_rows(sp.out, 1000, proc=sink)
+        t2 = popen(sp.spec, "--stage", "transform", "--worker-id", "t2", log=logs["t2"])
+        wait_log(logs["t2"], "transform agg: assigned [(", t2, timeout=90)
+        wait_log(logs["t2"], "restored ", t2)  # it took a partition over from t1's changelog
+        time.sleep(2)
+        stop(t2)  # the partition moves back to t1, whose local store is now behind
+        assert src.wait(timeout=120) == 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(sink_rows(sp.out)) < reference_counts[op]:
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        stop(*(p for p in (src, t1, sink, t2) if p is not None))
+    assert "restored " in logs["t1"].read_text()
+    assert assert_results(kafka, sp, op) == reference_counts[op]
