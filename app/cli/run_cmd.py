@@ -14,7 +14,7 @@ import click
 from app.config.pipeline import PipelineSpec, load_pipeline
 from app.config.yamlsrc import SpecError
 from app.observability.prometheus import PrometheusHooks, serve
-from app.runtime.supervisor import STAGES, SpecSecretError, Supervisor
+from app.runtime.supervisor import STAGES, MissingTopics, SpecSecretError, Supervisor
 
 log = logging.getLogger("ledgerflow.cli")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ def run_spec(
     )
     try:
         sup.build()
-    except SpecSecretError as exc:
+    except (SpecSecretError, MissingTopics) as exc:
         raise click.ClickException(str(exc)) from exc
     hooks.expect_assignment = {(w.stage, w.runner.name) for w in sup.workers if w.stage in ("transform", "sink")}
     hooks.built = True

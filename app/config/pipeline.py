@@ -378,21 +378,30 @@ class PipelineSpec(_Model):
         return [Path(t) for t in self.topics]
 
     def all_topics(self) -> set[str]:
-        out = {self.journal, self.dlq}
-        out.update(s.topic for s in self.sources)
+        return set(self.topic_uses())
+
+    def topic_uses(self) -> dict[str, list[str]]:
+        """Every topic the pipeline touches -> where the spec uses it (for error messages)."""
+        uses: dict[str, list[str]] = {self.journal: ["the journal"], self.dlq: ["the DLQ"]}
+
+        def use(topic: str, where: str) -> None:
+            uses.setdefault(topic, []).append(where)
+
+        for s in self.sources:
+            use(s.topic, f"source {s.name} (topic)")
         for t in self.transforms:
-            out.add(t.input)
+            use(t.input, f"transform {t.name} (input)")
             if t.output:
-                out.add(t.output)
+                use(t.output, f"transform {t.name} (output)")
             if isinstance(t.stateful, AggregateOp) and t.stateful.late != "dlq":
-                out.add(t.stateful.late)
+                use(t.stateful.late, f"transform {t.name} (stateful.aggregate.late)")
             for st in t.steps:
                 if isinstance(st, RouteStep):
-                    out.update(st.routes.values())
-                    if st.default:
-                        out.add(st.default)
-        out.update(s.input for s in self.sinks)
-        return out
+                    for dest in [*st.routes.values(), *([st.default] if st.default else [])]:
+                        use(dest, f"transform {t.name} (route)")
+        for k in self.sinks:
+            use(k.input, f"sink {k.name} (input)")
+        return uses
 
 
 def load_pipeline(path: Path) -> PipelineSpec:

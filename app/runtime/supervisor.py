@@ -71,6 +71,10 @@ class SpecSecretError(RuntimeError):
     """A secret the spec refers to cannot be resolved (names the setting and source)."""
 
 
+class MissingTopics(RuntimeError):
+    """Topics the spec uses do not exist on the cluster (names each and where it is used)."""
+
+
 class Runner(Protocol):
     name: str
     progress: Progress
@@ -110,6 +114,15 @@ def ensure_topics(bootstrap: str, spec: PipelineSpec, extra: dict[str, Any]) -> 
     existing = admin.describe_topics([s.name for s in specs])
     missing = [s for s in specs if s.name not in existing or s.name in named]
     topics_mod.apply(admin, missing)
+    uses = spec.topic_uses()
+    found = admin.describe_topics(sorted(uses))
+    absent = [f"{t} (used by {', '.join(uses[t])})" for t in sorted(uses) if t not in found]
+    if absent:
+        raise MissingTopics(
+            "topic(s) not found on the cluster: "
+            + "; ".join(absent)
+            + ". Declare them in a topics file listed under 'topics:' (or run: ledgerflow topics apply FILE)."
+        )
 
 
 def _steps(transform: Any) -> list[StepFn]:

@@ -104,3 +104,31 @@ def test_up_twice_is_a_noop_and_down_leaves_no_process(tmp_path: Path) -> None:
     assert down.returncode == 0 and down.stdout.strip() == "stopped"
     assert not _pid_alive(state.pid)
     assert cli("status").returncode == 1
+
+
+def test_run_refuses_a_pipeline_whose_topics_do_not_exist(kafka: KafkaEnv, tmp_path: Path) -> None:
+    import uuid
+
+    name = f"missing-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "topics.yaml").write_text(f"topics:\n  - name: {name}.in\n    partitions: 1\n")
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        f"""pipeline: {name}
+topics: [topics.yaml]
+kafka: {{bootstrap_servers: "{kafka.bootstrap}"}}
+transforms:
+  - name: shape
+    input: {name}.in
+    output: {name}.nowhere
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "run", str(spec), "--exit-when-done"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"{name}.nowhere (used by transform shape (output))" in proc.stderr, proc.stderr[-2000:]
+    assert Admin(kafka.bootstrap).describe_topics([f"{name}.nowhere"]) == {}
