@@ -125,7 +125,8 @@ class TxnProducer:
         try:
             for value, key in zip(head, keys):  # noqa: B905 - lengths checked above
                 try:
-                    produce(topic, value, key, partition=partition, headers=headers)
+                    # positional (topic, value, key, partition): cheaper than keywords per call
+                    produce(topic, value, key, partition, headers=headers)
                 except BufferError:
                     self._p.poll(0.05)
                     self.produce(topic, value, key, headers, partition)

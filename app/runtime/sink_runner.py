@@ -1,6 +1,8 @@
 """Topic → two-phase sink runner (files): invariants I2, I3, I5, I8.
 
-Per assigned partition the runner buffers decoded tokens into an *open part*. A
+Per assigned partition the runner buffers records into an *open part* (the file
+sink keeps them encoded and decodes a part only when it is cut, so a backlog costs
+its bytes, not Python row objects). A
 part is cut when it reaches ``max_rows``/``max_bytes``/``max_age`` or when input
 goes idle. Cut parts are *prepared* by the part writer (staged, fsynced: the
 sink's acknowledgement) and handed to the commit seam, which commits
@@ -259,14 +261,16 @@ class SinkRunner:
                     if part is None:
                         part = self.open[tp] = OpenPart(first=rec.offset)
                     part.last = rec.offset
+                    if not keep_records:  # file sink: keep the encoded record, decode when the part is cut
+                        part.records.append(rec)
+                        part.nbytes += len(rec.value or b"")
+                        continue
                     try:
                         part.tokens.append(decode(rec))
-                        if keep_records:
-                            part.records.append(rec)
+                        part.records.append(rec)
                         part.nbytes += len(rec.value or b"")
                     except CodecError as exc:
-                        part.dlq.append(dead_letter(ctx, stage, rec, exc.reason_class, str(exc)))
-                        part.dlq_reasons[exc.reason_class] = part.dlq_reasons.get(exc.reason_class, 0) + 1
+                        self._dead_letter(part, stage, rec, exc)
                 idle = not recs
                 self._report_lag()
                 due = self._due(idle)
@@ -282,6 +286,22 @@ class SinkRunner:
         finally:
             self.consumer.close()
 
+    def _dead_letter(self, part: OpenPart, stage: str, rec: InRecord, exc: CodecError) -> None:
+        part.dlq.append(dead_letter(self.ctx, stage, rec, exc.reason_class, str(exc)))
+        part.dlq_reasons[exc.reason_class] = part.dlq_reasons.get(exc.reason_class, 0) + 1
+
+    def _decode_part(self, part: OpenPart, stage: str) -> list[Token]:
+        """Decode a file-sink part's records; undecodable ones go to the part's DLQ list."""
+        decode = self.decode
+        tokens: list[Token] = []
+        append = tokens.append
+        for rec in part.records:
+            try:
+                append(decode(rec))
+            except CodecError as exc:
+                self._dead_letter(part, stage, rec, exc)
+        return tokens
+
     def _report_lag(self) -> None:
         now = time.monotonic()
         if now - self._lag_at >= 1.0:
@@ -295,7 +315,7 @@ class SinkRunner:
         return [
             tp
             for tp, p in self.open.items()
-            if idle or len(p.tokens) >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s
+            if idle or len(p.records) >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s
         ]
 
     def _drained(self, idle_since: float | None) -> bool:
@@ -318,13 +338,17 @@ class SinkRunner:
         dlq: list[bytes] = []
         offsets: list[tuple[str, int, int]] = []
         rows_in = 0
+        stage = f"sink/{self.name}"
         for tp in due:
             p = self.open[tp]
-            if p.tokens:
-                prepared.append(self.writer.prepare(tp[0], tp[1], p.first, p.last, p.tokens))
+            # decoded only now, one part at a time: a backlog holds encoded bytes, not row objects
+            tokens = self._decode_part(p, stage)
+            if tokens:
+                prepared.append(self.writer.prepare(tp[0], tp[1], p.first, p.last, tokens))
             dlq.extend(p.dlq)
             offsets.append((tp[0], tp[1], p.last + 1))
-            rows_in += len(p.tokens) + len(p.dlq)
+            rows_in += len(tokens) + len(p.dlq)
+            del tokens
         reasons: dict[str, int] = {}
         for tp in due:
             for k, v in self.open[tp].dlq_reasons.items():

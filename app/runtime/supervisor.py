@@ -114,8 +114,9 @@ def ensure_topics(bootstrap: str, spec: PipelineSpec, extra: dict[str, Any]) -> 
     existing = admin.describe_topics([s.name for s in specs])
     missing = [s for s in specs if s.name not in existing or s.name in named]
     topics_mod.apply(admin, missing)
-    uses = spec.topic_uses()
-    found = admin.describe_topics(sorted(uses))
+    declared = {s.name for s in specs}  # exist now: found above or just created
+    uses = {t: where for t, where in spec.topic_uses().items() if t not in declared}
+    found = admin.describe_topics(sorted(uses)) if uses else {}
     absent = [f"{t} (used by {', '.join(uses[t])})" for t in sorted(uses) if t not in found]
     if absent:
         raise MissingTopics(
