@@ -68,6 +68,25 @@ def stop(*procs: subprocess.Popen[bytes], timeout: float = 60) -> None:
             p.kill()
 
 
+def spec_head(
+    name: str, kafka: KafkaEnv, *, max_rows: int = 1_000, session_timeout_ms: int = 6000, extra: str = ""
+) -> str:
+    """The common head of a test pipeline spec: topics file, broker, short sessions,
+    100 ms commits; ``extra`` goes in after ``topics`` (e.g. ``state_dir``)."""
+    return f"""pipeline: {name}
+topics: [topics.yaml]
+{extra}kafka:
+  bootstrap_servers: "{kafka.bootstrap}"
+  config:
+    session.timeout.ms: {session_timeout_ms}
+    heartbeat.interval.ms: 1000
+commit:
+  interval_ms: 100
+  max_rows: {max_rows}
+  transaction_timeout_ms: 20000
+"""
+
+
 def write_pipeline(
     tmp: Path,
     name: str,
@@ -96,18 +115,8 @@ def write_pipeline(
     )
     spec = tmp / "pipeline.yaml"
     spec.write_text(
-        f"""pipeline: {name}
-topics: [topics.yaml]
-kafka:
-  bootstrap_servers: "{kafka.bootstrap}"
-  config:
-    session.timeout.ms: {session_timeout_ms}
-    heartbeat.interval.ms: 1000
-commit:
-  interval_ms: 100
-  max_rows: {max_rows}
-  transaction_timeout_ms: 20000
-sources:
+        spec_head(name, kafka, max_rows=max_rows, session_timeout_ms=session_timeout_ms)
+        + f"""sources:
 {source}transforms:
   - name: shape
     input: {raw}

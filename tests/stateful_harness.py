@@ -16,7 +16,7 @@ from app.codecs.tokens import TokenCodec
 from app.kafka.clients import read_topic_to_end
 from tests.conftest import KafkaEnv
 from tests.fns import jitter_time
-from tests.harness import sink_lines, write_topics
+from tests.harness import sink_lines, spec_head, write_topics
 
 WINDOW = {"size_ms": 2000, "allowed_lateness_ms": 1000}
 AGGREGATE = (
@@ -57,20 +57,8 @@ def write_stateful(
     rate_line = f"    rate_per_s: {rate}\n" if rate else ""
     spec = tmp / "pipeline.yaml"
     spec.write_text(
-        f"""pipeline: {name}
-topics: [topics.yaml]
-state_dir: state
-restore_chunk: {restore_chunk}
-kafka:
-  bootstrap_servers: "{kafka.bootstrap}"
-  config:
-    session.timeout.ms: 6000
-    heartbeat.interval.ms: 1000
-commit:
-  interval_ms: 100
-  max_rows: {max_rows}
-  transaction_timeout_ms: 20000
-sources:
+        spec_head(name, kafka, max_rows=max_rows, extra=f"state_dir: state\nrestore_chunk: {restore_chunk}\n")
+        + f"""sources:
   - name: gen
     type: generator
     topic: {raw}

@@ -15,7 +15,9 @@ token ids.
 Keys: the state of a key must live in one partition, so operators key by the
 record key by default (the key the input topic is partitioned by). Keying by a
 payload field is allowed when rows with equal values share a partition (e.g. the
-field is the partitioning key, or determines it).
+field is the partitioning key, or determines it). ``_token_id`` keys by the token
+id: a row re-sent with the same id (an at-least-once stage upstream, e.g. faust)
+carries the same record key, so it lands in the same partition.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ class StatefulOp(Protocol):
     def end_batch(self, partition: int, store: PartitionStore) -> None: ...
 
 
+TOKEN_ID_FIELD = "_token_id"
+
+
 def _key_of(token: Token, field: str | None) -> str:
+    if field == TOKEN_ID_FIELD:
+        return token["token_id"]
     if field is None:
         key = token["key"]
         if key is None:

@@ -108,6 +108,14 @@ def test_dedupe_with_ttl_forgets_keys_after_the_watermark_passes(store: Partitio
     assert [t["token_id"] for t in out] == ["s:1", "s:3", "s:4"]
 
 
+def test_dedupe_by_token_id_drops_only_resent_tokens(store: PartitionStore) -> None:
+    d = Dedupe("_token_id", ttl_ms=None, time_field=None)
+    d.open(0, store)
+    again = tok(1, "a", 0)
+    out = run_rows(d, store, [tok(1, "a", 0), tok(2, "a", 1), again, tok(3, "b", 2), tok(2, "a", 1)])
+    assert [t["token_id"] for t in out] == ["s:1", "s:2", "s:3"]
+
+
 def test_dedupe_purges_expired_keys_into_tombstones(store: PartitionStore) -> None:
     d = Dedupe(None, ttl_ms=100, time_field=None)
     d.open(0, store)
