@@ -17,7 +17,10 @@ lint:
 
 # Benchmarks against the peers (Quix Streams, faust-streaming live in their own venv
 # so their pins never touch the test environment); writes docs/benchmarks.md.
+BENCH_PEERS = quixstreams faust-streaming aiokafka[lz4] orjson psycopg2-binary
+
 bench:
 	@deploy/local/bootstrap.sh
-	@[ -x .venv-bench/bin/python ] || (python3 -m venv .venv-bench && .venv-bench/bin/pip install -q quixstreams faust-streaming "aiokafka[lz4]" orjson)
+	@[ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
+	@[ "$$(cat .venv-bench/.ledgerflow-peers 2>/dev/null)" = "$(BENCH_PEERS)" ] || (.venv-bench/bin/pip install -q $(BENCH_PEERS) && echo "$(BENCH_PEERS)" > .venv-bench/.ledgerflow-peers)
 	@.venv/bin/python -m tests.bench --write-doc

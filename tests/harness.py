@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,12 @@ def stop(*procs: subprocess.Popen[bytes], timeout: float = 60) -> None:
             p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def uid() -> str:
+    """A fresh suffix for pipeline/topic names: tests never meet an earlier run's
+    journal or topics, even on a broker reused across sessions."""
+    return uuid.uuid4().hex[:8]
 
 
 def spec_head(

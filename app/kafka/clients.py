@@ -32,7 +32,8 @@ TP = tuple[str, int]
 
 
 class InRecord(NamedTuple):
-    """One consumed record, detached from librdkafka."""
+    """One consumed record, detached from librdkafka. ``headers`` may be shared with
+    other records of the batch: read it, never mutate it."""
 
     topic: str
     partition: int
@@ -227,6 +228,10 @@ class BatchConsumer:
         msgs: list[Any] = self._c.consume(max_records, timeout)
         out: list[InRecord] = []
         append = out.append
+        # records of a batch share equal topic names and (nearly always) equal headers:
+        # keep one object of each instead of one per record (a held record costs ~40% less)
+        topic: str = ""
+        headers: Any = None
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -237,17 +242,17 @@ class BatchConsumer:
                     continue
                 raise classify("consume", KafkaException(err))
             ts_type, ts = m.timestamp()
-            append(
-                InRecord(
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    m.key(),
-                    m.value(),
-                    m.headers(),
-                    ts if ts_type else None,
-                )
-            )
+            t, h = m.topic(), m.headers()
+            if t == topic:
+                t = topic
+            else:
+                topic = t
+            if h is not None:
+                if h == headers:
+                    h = headers
+                else:
+                    headers = h
+            append(InRecord(t, m.partition(), m.offset(), m.key(), m.value(), h, ts if ts_type else None))
         return out
 
     def group_metadata(self) -> object:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.codecs.tokens import CodecError
@@ -38,6 +39,7 @@ from app.sinks.postgres import CasFailed, PostgresWriter
 from app.tokens import Token
 
 log = logging.getLogger("ledgerflow.sink")
+DECODE_CHUNK = 5_000  # rows decoded at a time when a file part is cut (bounds the sink's memory)
 
 
 class RecoveryError(RuntimeError):
@@ -290,17 +292,20 @@ class SinkRunner:
         part.dlq.append(dead_letter(self.ctx, stage, rec, exc.reason_class, str(exc)))
         part.dlq_reasons[exc.reason_class] = part.dlq_reasons.get(exc.reason_class, 0) + 1
 
-    def _decode_part(self, part: OpenPart, stage: str) -> list[Token]:
-        """Decode a file-sink part's records; undecodable ones go to the part's DLQ list."""
-        decode = self.decode
-        tokens: list[Token] = []
-        append = tokens.append
-        for rec in part.records:
-            try:
-                append(decode(rec))
-            except CodecError as exc:
-                self._dead_letter(part, stage, rec, exc)
-        return tokens
+    def _decoded_chunks(self, part: OpenPart, stage: str) -> Iterator[list[Token]]:
+        """A file-sink part's records decoded ``DECODE_CHUNK`` at a time (undecodable
+        ones go to the part's DLQ list), so the writer never needs all rows as objects."""
+        decode, records = self.decode, part.records
+        for start in range(0, len(records), DECODE_CHUNK):
+            tokens: list[Token] = []
+            append = tokens.append
+            for rec in records[start : start + DECODE_CHUNK]:
+                try:
+                    append(decode(rec))
+                except CodecError as exc:
+                    self._dead_letter(part, stage, rec, exc)
+            if tokens:
+                yield tokens
 
     def _report_lag(self) -> None:
         now = time.monotonic()
@@ -341,14 +346,15 @@ class SinkRunner:
         stage = f"sink/{self.name}"
         for tp in due:
             p = self.open[tp]
-            # decoded only now, one part at a time: a backlog holds encoded bytes, not row objects
-            tokens = self._decode_part(p, stage)
-            if tokens:
-                prepared.append(self.writer.prepare(tp[0], tp[1], p.first, p.last, tokens))
+            # decoded only now, a chunk at a time: a backlog holds encoded bytes, not row objects
+            part = self.writer.prepare_chunks(tp[0], tp[1], p.first, p.last, self._decoded_chunks(p, stage))
+            if part.rows:
+                prepared.append(part)
+            else:  # every record of the part was undecodable: nothing to stage
+                self.writer.discard(part)
             dlq.extend(p.dlq)
             offsets.append((tp[0], tp[1], p.last + 1))
-            rows_in += len(tokens) + len(p.dlq)
-            del tokens
+            rows_in += part.rows + len(p.dlq)
         reasons: dict[str, int] = {}
         for tp in due:
             for k, v in self.open[tp].dlq_reasons.items():

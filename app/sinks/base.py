@@ -18,7 +18,7 @@ Writers never see Kafka objects, only tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +63,13 @@ class PartWriter(Protocol):
 
         Every call uses a fresh staging location, so two attempts at the same range never collide.
         """
+
+    def prepare_chunks(
+        self, topic: str, partition: int, first_offset: int, last_offset: int, chunks: Iterable[Sequence[Token]]
+    ) -> PreparedPart:
+        """``prepare`` for the concatenation of ``chunks``, consumed one at a time (same data).
+
+        A part with zero rows is still staged (``rows == 0``); the caller discards it."""
 
     def finalize(self, part: PreparedPart) -> bool:
         """Make a committed part visible; True if it did so now, False if it already was.

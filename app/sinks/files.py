@@ -39,6 +39,8 @@ NDJSON: one orjson object per token, payload in insertion order, ``\\n``-termina
 Parquet (zstd): envelope columns typed ``string, string, int64``; payload columns
 are the union of the payload keys in first-seen order, types inferred per column
 (a missing key reads back as null; mixed types in one column are a ``ValueError``).
+A part may be handed over in chunks (``prepare_chunks``); it is built as Arrow
+arrays chunk by chunk, so at most one chunk of rows exists as Python objects.
 Output is a pure function of the tokens: the same tokens give byte-identical files
 (I8) for a given pyarrow version (Parquet's ``created_by`` names the version; no
 timestamps are written).
@@ -51,7 +53,7 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,17 +98,24 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_durable(path: Path, data: Any) -> None:
-    """Exclusively create ``path`` with ``data`` (bytes-like) and fsync it; no partial file on error."""
+def _write_durable(path: Path, chunks: Iterable[Any]) -> tuple[int, str]:
+    """Exclusively create ``path`` from ``chunks`` (bytes-like), fsync it; (size, sha256 hex).
+
+    No partial file is left behind on error."""
+    h, size = hashlib.sha256(), 0
     try:
         with open(path, "xb") as fh:
-            fh.write(data)
+            for data in chunks:
+                fh.write(data)
+                h.update(data)
+                size += len(data) if isinstance(data, bytes) else data.size
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
+    return size, h.hexdigest()
 
 
 def _payload_columns(tokens: Sequence[Token]) -> list[str]:
@@ -139,26 +148,72 @@ def _ndjson(tokens: Sequence[Token]) -> bytes:
     )
 
 
-def _parquet(tokens: Sequence[Token], columns: list[str]) -> Any:
-    """Parquet file bytes (a pyarrow Buffer) for ``tokens``; deterministic for a pyarrow version."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _ParquetPart:
+    """A Parquet part built chunk by chunk as Arrow arrays: a part never holds all its
+    rows as Python objects at once, only one decoded chunk (the sink's memory bound).
 
-    arrays = [
-        pa.array([t["token_id"] for t in tokens], pa.string()),
-        pa.array([t["key"] for t in tokens], pa.string()),
-        pa.array([t["event_time_ms"] for t in tokens], pa.int64()),
-    ]
-    payloads = [t["payload"] for t in tokens]
-    for c in columns:
-        try:
-            arrays.append(pa.array([p.get(c) for p in payloads]))
+    The file equals the one a single ``pa.array`` per column over all rows would give:
+    chunks whose inferred types agree are concatenated, all-null chunks take the
+    column's type, and a column whose chunks disagree is re-inferred over all values."""
+
+    def __init__(self) -> None:
+        import pyarrow as pa
+
+        self.pa = pa
+        self.rows = 0
+        self.envelope: list[list[Any]] = [[], [], []]
+        self.envelope_types = (pa.string(), pa.string(), pa.int64())
+        self.columns: dict[str, list[Any]] = {}  # first-seen order
+
+    def add(self, tokens: Sequence[Token]) -> None:
+        pa, n = self.pa, len(tokens)
+        chunk_cols = _payload_columns(tokens)
+        for c in chunk_cols:
+            if c not in self.columns:
+                self.columns[c] = [pa.nulls(self.rows)] if self.rows else []
+        for arrays, field, typ in zip(
+            self.envelope, ("token_id", "key", "event_time_ms"), self.envelope_types, strict=True
+        ):
+            arrays.append(pa.array([t[field] for t in tokens], typ))  # type: ignore[literal-required]
+        payloads = [t["payload"] for t in tokens]
+        present = set(chunk_cols)
+        for c, arrays in self.columns.items():
+            if c not in present:
+                arrays.append(pa.nulls(n))
+                continue
+            try:
+                arrays.append(pa.array([p.get(c) for p in payloads]))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise ValueError(f"payload field {c!r}: values do not form one Parquet column: {exc}") from exc
+        self.rows += n
+
+    def _column(self, name: str, arrays: list[Any]) -> Any:
+        pa = self.pa
+        types = {a.type for a in arrays if a.type != pa.null()}
+        if not types:
+            return pa.nulls(self.rows)
+        if len(types) == 1:
+            (t,) = types
+            return pa.concat_arrays([a if a.type == t else pa.nulls(len(a), t) for a in arrays])
+        try:  # chunks inferred different types (e.g. int64 and double): infer over all values
+            return pa.array([v for a in arrays for v in a.to_pylist()])
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ValueError(f"payload field {c!r}: values do not form one Parquet column: {exc}") from exc
-    table = pa.Table.from_arrays(arrays, names=[*ENVELOPE, *columns])
-    out = pa.BufferOutputStream()
-    pq.write_table(table, out, compression="zstd", version="2.6", write_statistics=True)
-    return out.getvalue()
+            raise ValueError(f"payload field {name!r}: values do not form one Parquet column: {exc}") from exc
+
+    def to_bytes(self) -> Any:
+        """Parquet file bytes (a pyarrow Buffer); deterministic for a pyarrow version."""
+        import pyarrow.parquet as pq
+
+        pa = self.pa
+        arrays = [
+            pa.concat_arrays(a) if a else pa.array([], t)
+            for a, t in zip(self.envelope, self.envelope_types, strict=True)
+        ]
+        arrays += [self._column(c, a) for c, a in self.columns.items()]
+        table = pa.Table.from_arrays(arrays, names=[*ENVELOPE, *self.columns])
+        out = pa.BufferOutputStream()
+        pq.write_table(table, out, compression="zstd", version="2.6", write_statistics=True)
+        return out.getvalue()
 
 
 class FilePartWriter:
@@ -190,14 +245,36 @@ class FilePartWriter:
         self, topic: str, partition: int, first_offset: int, last_offset: int, tokens: Sequence[Token]
     ) -> PreparedPart:
         """Stage ``tokens`` durably (file + directory fsynced); the return is the sink's acknowledgement."""
+        return self.prepare_chunks(topic, partition, first_offset, last_offset, [tokens])
+
+    def prepare_chunks(
+        self, topic: str, partition: int, first_offset: int, last_offset: int, chunks: Iterable[Sequence[Token]]
+    ) -> PreparedPart:
+        """``prepare`` for a part handed over in consecutive chunks (decoded lazily by the
+        caller), so only one chunk of rows is alive as Python objects at a time. The file
+        is the same as for the concatenated tokens."""
         self._check_range(topic, partition, first_offset, last_offset)
-        columns = _payload_columns(tokens)
-        data = _ndjson(tokens) if self.fmt == "ndjson" else _parquet(tokens, columns)
         sdir = self._staging_dir(topic, partition)
         _makedirs(sdir)
         attempt = uuid.uuid4().hex[:12]
         staging = sdir / f"part-{first_offset:020d}-{last_offset:020d}.{attempt}.{self.ext}.tmp"
-        _write_durable(staging, data)
+        rows = 0
+        if self.fmt == "ndjson":
+
+            def counted() -> Iterator[bytes]:
+                nonlocal rows
+                for chunk in chunks:
+                    _payload_columns(chunk)  # envelope collisions are refused, as for Parquet
+                    rows += len(chunk)
+                    yield _ndjson(chunk)
+
+            size, checksum = _write_durable(staging, counted())
+        else:
+            part = _ParquetPart()
+            for chunk in chunks:
+                part.add(chunk)
+            rows = part.rows
+            size, checksum = _write_durable(staging, [part.to_bytes()])
         _fsync_dir(sdir)
         return PreparedPart(
             sink=self.sink,
@@ -205,9 +282,9 @@ class FilePartWriter:
             partition=partition,
             first_offset=first_offset,
             last_offset=last_offset,
-            rows=len(tokens),
-            bytes=len(data) if isinstance(data, bytes) else data.size,
-            checksum=hashlib.sha256(data).hexdigest(),
+            rows=rows,
+            bytes=size,
+            checksum=checksum,
             staging_path=str(staging),
             final_path=str(self.final_path(topic, partition, first_offset, last_offset)),
         )

@@ -16,13 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
-def raw_loop(a: argparse.Namespace) -> None:
-    """confluent-kafka, at-least-once: the no-guarantee ceiling for Python."""
-    from confluent_kafka import Consumer, Producer
+def _consumer(a: argparse.Namespace) -> Any:
+    """A plain confluent-kafka consumer of ``--group``, offsets committed by hand."""
+    from confluent_kafka import Consumer
 
-    c = Consumer(
+    return Consumer(
         {
             "bootstrap.servers": a.bootstrap,
             "group.id": a.group,
@@ -30,6 +31,13 @@ def raw_loop(a: argparse.Namespace) -> None:
             "enable.auto.commit": False,
         }
     )
+
+
+def raw_loop(a: argparse.Namespace) -> None:
+    """confluent-kafka, at-least-once: the no-guarantee ceiling for Python."""
+    from confluent_kafka import Producer
+
+    c = _consumer(a)
     p = Producer(
         {"bootstrap.servers": a.bootstrap, "linger.ms": 5, "batch.num.messages": 10000, "compression.type": "lz4"}
     )
@@ -63,21 +71,13 @@ def raw_parquet(a: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from confluent_kafka import Consumer
 
     from app.codecs.tokens import TokenCodec
 
     codec = TokenCodec()
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
-    c = Consumer(
-        {
-            "bootstrap.servers": a.bootstrap,
-            "group.id": a.group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    c = _consumer(a)
     c.subscribe([a.input])
     done, n = 0, 0
     buf: list[dict[str, object]] = []
@@ -97,6 +97,69 @@ def raw_parquet(a: argparse.Namespace) -> None:
             buf = []
             c.commit(asynchronous=False)
     c.close()
+
+
+PG_COLUMNS = ("id", "customer", "country", "amount", "quantity", "note")
+
+
+def raw_copy(a: argparse.Namespace) -> None:
+    """consume JSON rows + a plain ``COPY`` per batch into an unkeyed table, offsets
+    committed after the database commit: at-least-once, the PostgreSQL ceiling."""
+    import psycopg
+
+    c = _consumer(a)
+    c.subscribe([a.input])
+    done = 0
+    loads = json.loads
+    cols = ", ".join(PG_COLUMNS)
+    with psycopg.connect(a.dsn) as db:
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {a.output} "
+            "(id bigint, customer text, country text, amount bigint, quantity int, note text)"
+        )
+        db.commit()
+        while done < a.rows:
+            msgs = [m for m in c.consume(10000, 0.2) if not m.error()]
+            if not msgs:
+                continue
+            with db.cursor() as cur, cur.copy(f"COPY {a.output} ({cols}) FROM STDIN") as cp:
+                for m in msgs:
+                    r = loads(m.value())
+                    cp.write_row([r.get(k) for k in PG_COLUMNS])
+            db.commit()
+            c.commit(asynchronous=False)
+            done += len(msgs)
+    c.close()
+
+
+def quix_pg(a: argparse.Namespace) -> None:
+    """Quix Streams' PostgreSQLSink (at-least-once), upserting on the row id."""
+    from urllib.parse import urlparse
+
+    from quixstreams import Application
+    from quixstreams.sinks.community.postgresql import PostgreSQLSink
+
+    u = urlparse(a.dsn)
+    app = Application(
+        broker_address=a.bootstrap,
+        consumer_group=a.group,
+        auto_offset_reset="earliest",
+        use_changelog_topics=False,
+        auto_create_topics=False,
+    )
+    sink = PostgreSQLSink(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or 5432,
+        dbname=u.path.lstrip("/"),
+        user=u.username or "",
+        password=u.password or "",
+        table_name=a.output,
+        primary_key_columns="id",
+        upsert_on_primary_key=True,
+        include_metadata=False,
+    )
+    app.dataframe(app.topic(a.input, value_deserializer="json")).sink(sink)
+    app.run()
 
 
 def quix(a: argparse.Namespace) -> None:
@@ -145,7 +208,14 @@ def faust_app(a: argparse.Namespace) -> None:
     app.main()
 
 
-MODES = {"raw": raw_loop, "rawparquet": raw_parquet, "quix": quix, "faust": faust_app}
+MODES = {
+    "raw": raw_loop,
+    "rawparquet": raw_parquet,
+    "rawcopy": raw_copy,
+    "quix": quix,
+    "quixpg": quix_pg,
+    "faust": faust_app,
+}
 
 
 def main() -> None:
@@ -157,6 +227,7 @@ def main() -> None:
     ap.add_argument("--group", required=True)
     ap.add_argument("--rows", type=int, required=True)
     ap.add_argument("--part-rows", type=int, default=50_000)
+    ap.add_argument("--dsn", default="")
     a = ap.parse_args()
     t0 = time.monotonic()
     MODES[a.mode](a)

@@ -1,6 +1,6 @@
 """Benchmark harness: ledgerflow against its peers, on one broker, in one run.
 
-    .venv/bin/python -m tests.bench [--rows 300000] [--scenarios eos,files,latency,rss] [--write-doc]
+    .venv/bin/python -m tests.bench [--rows 300000] [--scenarios eos,files,pg,latency,rss] [--write-doc]
 
 Scenarios (identical input per scenario, rows of ~130 bytes):
   eos      topic -> topic with a trivial map (add one field): ledgerflow transform
@@ -11,6 +11,10 @@ Scenarios (identical input per scenario, rows of ~130 bytes):
            .venv-bench, if present).
   files    topic -> Parquet: ledgerflow file sink (exactly once) vs a raw consume +
            pyarrow write (at-least-once).
+  pg       JSON topic -> PostgreSQL table: ledgerflow PostgreSQL sink (exactly once,
+           upsert by token id + offsets CAS), Quix Streams' PostgreSQLSink (at-least-once,
+           upsert by row id; from .venv-bench) and a raw consume + plain COPY into an
+           unkeyed table (at-least-once: the ceiling), on a throwaway PostgreSQL server.
   latency  source -> transform -> file sink at a fixed rate: event time -> part visible.
   rss      peak RSS of each ledgerflow stage over a backlog (--rss-rows, 1,000,000).
 
@@ -334,6 +338,86 @@ def scenario_files(ctx: Ctx) -> list[Result]:
     return out
 
 
+PG_SINK_COLUMNS = """    columns:
+      - {name: token_id, type: text, source: _token_id}
+      - {name: id, type: bigint}
+      - {name: customer, type: text}
+      - {name: country, type: text}
+      - {name: amount, type: bigint}
+      - {name: quantity, type: int}
+      - {name: note, type: text}
+"""
+
+
+def scenario_pg(ctx: Ctx, port: int) -> list[Result]:
+    import psycopg
+
+    from tests.pgserver import PgServer
+
+    rows, parts, admin, b = ctx.rows, ctx.partitions, ctx.admin, ctx.bootstrap
+    src = ctx.topic("pgjson", parts)
+    say(f"pg: producing {rows:,} JSON rows to {src}; PostgreSQL on port {port}")
+    produce_json(b, src, rows)
+    server = PgServer(port)
+    server.init()
+    out: list[Result] = []
+    name = ctx.name("lfpg")
+    spec = ledgerflow_spec(
+        ctx.tmp,
+        name,
+        b,
+        f"sinks:\n  - name: db\n    type: postgres\n    input: {src}\n    input_format: json\n"
+        f'    dsn: "{server.dsn}"\n    table: lf_rows\n    create_table: true\n{PG_SINK_COLUMNS}'
+        "    part: {max_rows: 20000, max_age_ms: 1000}\n",
+    )
+
+    def peer(mode: str, python: Path | str) -> object:
+        table = "quix_rows" if mode == "quixpg" else "raw_rows"
+        return lambda: contender_proc(
+            python,
+            mode,
+            ctx.log(mode),
+            bootstrap=b,
+            input=src,
+            output=table,
+            group=ctx.name(mode),
+            rows=rows,
+            dsn=server.dsn,
+        )
+
+    contenders: list[tuple[str, str, str, str, object]] = [
+        (
+            "ledgerflow PostgreSQL sink",
+            "exactly-once",
+            f"ledgerflow.{name}.sink.db",
+            "lf_rows",
+            lambda: ledgerflow_proc(spec, "sink", ctx.log("lfpg")),
+        ),
+        ("Quix Streams PostgreSQLSink", "at-least-once", ctx.name("quixpg"), "quix_rows", peer("quixpg", BENCH_PY)),
+        ("raw consume + plain COPY", "at-least-once", ctx.name("rawcopy"), "raw_rows", peer("rawcopy", PY)),
+    ]
+    try:
+        for label, guarantee, group, table, factory in contenders:
+            if label.startswith("Quix") and not BENCH_PY.exists():
+                out.append(Result("postgres sink", label, guarantee, rows, None, None, "not installed (.venv-bench)"))
+                continue
+            say(f"pg: running {label}")
+            proc = factory()  # type: ignore[operator]
+            try:
+                rate, wall, done = watch_group(admin, group, src, parts, rows, proc, ctx.timeout)
+            finally:
+                stop(proc)
+            with psycopg.connect(server.dsn) as db:
+                stored = db.execute(f"SELECT count(*) FROM {table}").fetchone()
+            n = int(stored[0]) if stored else 0
+            note = f"{n:,} rows in the table" + ("" if done >= rows else f"; only {done:,} committed")
+            out.append(Result("postgres sink", label, guarantee, rows, rate, wall, note))
+            say(f"pg: {label}: {rate or 0:,.0f} rows/s steady ({note})")
+    finally:
+        server.destroy()
+    return out
+
+
 def _count_lines(f: Path) -> int:
     with open(f, "rb") as fh:
         return sum(1 for _ in fh)
@@ -535,7 +619,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap = argparse.ArgumentParser(prog="python -m tests.bench")
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=2)
-    ap.add_argument("--scenarios", default="eos,files,latency,rss")
+    ap.add_argument("--scenarios", default="eos,files,pg,latency,rss")
+    ap.add_argument("--pg-port", type=int, default=35633, help="port of the throwaway PostgreSQL server (pg)")
     ap.add_argument("--rss-rows", type=int, default=1_000_000)
     ap.add_argument("--latency-rate", type=int, default=0, help="rows/s (default: 20%% of ledgerflow's eos rate)")
     ap.add_argument("--latency-seconds", type=float, default=20)
@@ -552,6 +637,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
             results += scenario_eos(ctx)
         if "files" in wanted:
             results += scenario_files(ctx)
+        if "pg" in wanted:
+            results += scenario_pg(ctx, args.pg_port)
         if "latency" in wanted:
             lf = next((r.rows_per_s for r in results if r.contender == "ledgerflow" and r.rows_per_s), None)
             rate = args.latency_rate or int((lf or 10_000) * 0.2)

@@ -21,6 +21,7 @@ from tests.harness import (
     run,
     sink_lines,
     stop,
+    uid,
     wait_for_rows,
     wait_log,
     write_pipeline,
@@ -35,7 +36,7 @@ def _ids(n: int) -> set[str]:
 
 def test_twenty_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
     rows = 100_000
-    pf = write_pipeline(tmp_path, f"kills-{tmp_path.name[-6:]}", kafka, rows=rows, part_rows=5000, max_rows=5000)
+    pf = write_pipeline(tmp_path, f"kills-{uid()}", kafka, rows=rows, part_rows=5000, max_rows=5000)
     rng = random.Random(20261122)
     log = tmp_path / "run.log"
     progress = []
@@ -64,7 +65,7 @@ def _staged_pipeline(tmp_path: Path, kafka: KafkaEnv, name: str, rows: int, rate
 
 def test_zombie_sink_worker_is_fenced(kafka: KafkaEnv, tmp_path: Path) -> None:
     rows = 30_000
-    pf = _staged_pipeline(tmp_path, kafka, f"zombie-{tmp_path.name[-6:]}", rows, 2500)
+    pf = _staged_pipeline(tmp_path, kafka, f"zombie-{uid()}", rows, 2500)
     logs = {n: tmp_path / f"{n}.log" for n in ("src", "tr", "s1", "s2")}
     src = popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"])
     tr = popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["tr"])
@@ -87,7 +88,7 @@ def test_zombie_sink_worker_is_fenced(kafka: KafkaEnv, tmp_path: Path) -> None:
 
 def test_workers_join_and_leave_under_load(kafka: KafkaEnv, tmp_path: Path) -> None:
     rows = 30_000
-    pf = _staged_pipeline(tmp_path, kafka, f"rebal-{tmp_path.name[-6:]}", rows, 2500)
+    pf = _staged_pipeline(tmp_path, kafka, f"rebal-{uid()}", rows, 2500)
     logs = {n: tmp_path / f"{n}.log" for n in ("src", "t1", "t2", "s1", "s2")}
     src = popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"])
     t1 = popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["t1"])

@@ -16,7 +16,7 @@ import pytest
 
 from app.faults import CRASH_EXIT_CODE
 from tests.conftest import KafkaEnv
-from tests.harness import assert_exactly_once, hanging_transactions, run, write_pipeline
+from tests.harness import assert_exactly_once, hanging_transactions, run, uid, write_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
@@ -56,7 +56,7 @@ def reference_rows(kafka: KafkaEnv, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.mark.parametrize("hit", HITS)
 @pytest.mark.parametrize("point", POINTS)
 def test_crash_point(kafka: KafkaEnv, tmp_path: Path, reference_rows: list[bytes], point: str, hit: int) -> None:
-    name = f"crash-{point.replace('.', '-').replace('_', '-')}-{hit}-{tmp_path.name[-6:]}"
+    name = f"crash-{point.replace('.', '-').replace('_', '-')}-{hit}-{uid()}"
     pf = write_pipeline(tmp_path, name, kafka, rows=ROWS, part_rows=500)
     crashed = run(pf.spec, "--worker-id", "w1", crash_at=f"{point}:{hit}")
     assert crashed.returncode == CRASH_EXIT_CODE, (

@@ -11,7 +11,7 @@ import pytest
 
 from app.faults import CRASH_EXIT_CODE
 from tests.conftest import KafkaEnv
-from tests.harness import assert_pg_exactly_once, popen, run, write_pg_pipeline
+from tests.harness import assert_pg_exactly_once, popen, run, uid, write_pg_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
@@ -27,7 +27,7 @@ POINTS = [
 @pytest.mark.parametrize("hit", [1, 3])
 @pytest.mark.parametrize("point", POINTS)
 def test_pg_crash_point(kafka: KafkaEnv, postgres: Any, tmp_path: Path, point: str, hit: int) -> None:
-    name = f"pgc-{point.split('.')[1].replace('_', '-')}-{hit}-{tmp_path.name[-4:]}"
+    name = f"pgc-{point.split('.')[1].replace('_', '-')}-{hit}-{uid()}"
     pf = write_pg_pipeline(tmp_path, name, kafka, postgres.dsn, rows=ROWS, part_rows=500)
     crashed = run(pf.spec, "--worker-id", "w1", crash_at=f"{point}:{hit}")
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
@@ -38,9 +38,7 @@ def test_pg_crash_point(kafka: KafkaEnv, postgres: Any, tmp_path: Path, point: s
 
 def test_pg_zombie_cas_fails(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
     rows = 30_000
-    pf = write_pg_pipeline(
-        tmp_path, f"pgz-{tmp_path.name[-6:]}", kafka, postgres.dsn, rows=rows, rate=2500, partitions=4
-    )
+    pf = write_pg_pipeline(tmp_path, f"pgz-{uid()}", kafka, postgres.dsn, rows=rows, rate=2500, partitions=4)
     logs = {n: tmp_path / f"{n}.log" for n in ("src", "tr", "s1", "s2")}
     procs = [
         popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"]),

@@ -18,7 +18,7 @@ import pytest
 from app.kafka.admin import Admin
 from app.kafka.clients import TxnProducer, read_topic_to_end
 from tests.conftest import KafkaEnv
-from tests.harness import REPO, read_dlq, wait_for_rows, write_pipeline
+from tests.harness import REPO, read_dlq, uid, wait_for_rows, write_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def _dockerfile() -> tuple[list[str], list[str], list[str]]:
 
 def test_container_entrypoint_runs_and_stops_cleanly(kafka: KafkaEnv, tmp_path: Path) -> None:
     entry, cmd, health = _dockerfile()
-    pf = write_pipeline(tmp_path, f"entry-{tmp_path.name[-6:]}", kafka, rows=3000)
+    pf = write_pipeline(tmp_path, f"entry-{uid()}", kafka, rows=3000)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -62,7 +62,7 @@ def test_container_entrypoint_runs_and_stops_cleanly(kafka: KafkaEnv, tmp_path: 
 
 
 def test_dlq_replay_is_exactly_once(kafka: KafkaEnv, tmp_path: Path) -> None:
-    name = f"replay-{tmp_path.name[-6:]}"
+    name = f"replay-{uid()}"
     src, target = f"{name}.in", f"{name}.fixed"
     admin = Admin(kafka.bootstrap)
     admin.create_topic(src, 1, 1, {})

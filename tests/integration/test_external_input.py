@@ -14,13 +14,13 @@ import pytest
 from app.kafka.admin import Admin
 from app.kafka.clients import TxnProducer
 from tests.conftest import KafkaEnv
-from tests.harness import REPO, sink_lines
+from tests.harness import REPO, sink_lines, uid
 
 pytestmark = pytest.mark.integration
 
 
 def test_external_json_topic_lands_exactly_once(kafka: KafkaEnv, tmp_path: Path) -> None:
-    name = f"ext-{tmp_path.name[-6:]}"
+    name = f"ext-{uid()}"
     topic = f"{name}.events"
     Admin(kafka.bootstrap).create_topic(topic, 2, 1, {})
     producer = TxnProducer(kafka.bootstrap, f"{name}-app")

@@ -12,7 +12,7 @@ import pytest
 
 from app.kafka.clients import TxnProducer
 from tests.conftest import KafkaEnv
-from tests.harness import popen, read_dlq, sink_lines, token_ids, wait_for_rows, write_pipeline
+from tests.harness import popen, read_dlq, sink_lines, token_ids, uid, wait_for_rows, write_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def _file_pipeline(tmp: Path, name: str, kafka: KafkaEnv, steps: str = "") -> ob
 
 
 def test_bad_input_goes_to_dlq_and_good_rows_land_once(kafka: KafkaEnv, tmp_path: Path) -> None:
-    name = f"badin-{tmp_path.name[-6:]}"
+    name = f"badin-{uid()}"
     pf = _file_pipeline(tmp_path, name, kafka, steps='      - map: "tests.fns:fail_every_97th"\n')
     lines = []
     for i in range(1, 2001):
@@ -71,7 +71,7 @@ def test_bad_input_goes_to_dlq_and_good_rows_land_once(kafka: KafkaEnv, tmp_path
 
 
 def test_line_written_in_two_halves_across_a_crash_lands_once_whole(kafka: KafkaEnv, tmp_path: Path) -> None:
-    name = f"half-{tmp_path.name[-6:]}"
+    name = f"half-{uid()}"
     pf = _file_pipeline(tmp_path, name, kafka)
     f = tmp_path / "in" / "a.ndjson"
     body = b"".join(orjson.dumps({"i": i, "s": "a"}) + b"\n" for i in range(500))

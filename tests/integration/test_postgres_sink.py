@@ -12,7 +12,7 @@ import pytest
 
 from app.sinks.postgres import Column, PostgresWriter, SchemaMismatch
 from tests.conftest import KafkaEnv
-from tests.harness import assert_pg_exactly_once, popen, read_dlq, run, write_pg_pipeline
+from tests.harness import assert_pg_exactly_once, popen, read_dlq, run, uid, write_pg_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def _count(dsn: str, table: str) -> int:
 
 def test_bad_rows_are_isolated_and_good_rows_land_once(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
     rows = 10_000
-    name = f"pgbad-{tmp_path.name[-6:]}"
+    name = f"pgbad-{uid()}"
     steps = (
         '      - map: "tests.fns:spoil_some"\n      - project: {fields: [id, customer, country, amount, quantity]}\n'
     )
@@ -54,7 +54,7 @@ def test_bad_rows_are_isolated_and_good_rows_land_once(kafka: KafkaEnv, postgres
 
 def test_server_restart_mid_run(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
     rows = 20_000
-    pf = write_pg_pipeline(tmp_path, f"pgrestart-{tmp_path.name[-6:]}", kafka, postgres.dsn, rows=rows, rate=2500)
+    pf = write_pg_pipeline(tmp_path, f"pgrestart-{uid()}", kafka, postgres.dsn, rows=rows, rate=2500)
     proc = popen(pf.spec, "--worker-id", "w1", "--exit-when-done", log=tmp_path / "run.log")
     deadline = time.monotonic() + 120
     while _count(postgres.dsn, str(pf.out)) < 3000 and time.monotonic() < deadline:
@@ -125,7 +125,7 @@ def test_logs_are_json_with_correlation_ids_and_never_show_the_password(
     import subprocess
     import sys
 
-    name = f"pgsecret-{tmp_path.name[-6:]}"
+    name = f"pgsecret-{uid()}"
     secret = "s3cret-Pa55word"
     dsn = postgres.dsn.replace("ledgerflow@", f"ledgerflow:{secret}@")  # trust auth accepts any password
     pf = write_pg_pipeline(tmp_path, name, kafka, dsn, rows=500)

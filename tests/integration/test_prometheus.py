@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import KafkaEnv
-from tests.harness import REPO, popen, sink_lines, wait_for_rows, write_pipeline
+from tests.harness import REPO, popen, sink_lines, uid, wait_for_rows, write_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def _binary(name: str) -> str:
 
 def test_prometheus_scrapes_counters_equal_to_sink_rows_and_lag_zero(kafka: KafkaEnv, tmp_path: Path) -> None:
     rows = 5000
-    pf = write_pipeline(tmp_path, f"prom-{tmp_path.name[-6:]}", kafka, rows=rows)
+    pf = write_pipeline(tmp_path, f"prom-{uid()}", kafka, rows=rows)
     mport, pport = _free_port(), _free_port()
     proc = popen(pf.spec, "--worker-id", "w1", "--metrics-port", str(mport), log=tmp_path / "run.log")
     config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())

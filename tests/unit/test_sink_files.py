@@ -257,3 +257,36 @@ def test_bad_ranges_and_topic_names_are_rejected(
 def test_unknown_format_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="csv"):
         FilePartWriter("s", tmp_path, "csv")  # type: ignore[arg-type]
+
+
+def _mixed_tokens() -> list[Token]:
+    """Rows whose columns vary: ``late`` appears only after row 7, ``gap`` is null in
+    rows 4..11, ``num`` is int in the first rows and float later."""
+    out = []
+    for i in range(20):
+        payload: dict[str, Any] = {"id": i, "num": i if i < 6 else i + 0.5, "gap": None if 4 <= i < 12 else f"g{i}"}
+        if i > 7:
+            payload["late"] = {"x": i}
+        out.append(_tok(i, payload))
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("size", [1, 4, 7, 20])
+def test_a_part_prepared_in_chunks_is_byte_identical_to_one_prepared_whole(tmp_path: Path, fmt: Fmt, size: int) -> None:
+    toks = _mixed_tokens()
+    w = FilePartWriter("s", tmp_path, fmt)
+    whole = w.prepare("t", 0, 0, 19, toks)
+    chunked = w.prepare_chunks("t", 0, 0, 19, (toks[i : i + size] for i in range(0, len(toks), size)))
+    assert chunked.rows == whole.rows == 20
+    assert (chunked.checksum, chunked.bytes) == (whole.checksum, whole.bytes)
+    assert Path(chunked.staging_path).read_bytes() == Path(whole.staging_path).read_bytes()
+    assert _read(chunked.staging_path, fmt) == _read(whole.staging_path, fmt)
+    assert [r["_token_id"] for r in _read(chunked.staging_path, fmt)] == [t["token_id"] for t in toks]
+
+
+def test_chunks_that_cannot_share_a_parquet_column_name_the_field(tmp_path: Path) -> None:
+    toks = [_tok(0, {"v": 1}), _tok(1, {"v": "one"})]
+    with pytest.raises(ValueError, match="payload field 'v'"):
+        FilePartWriter("s", tmp_path, "parquet").prepare_chunks("t", 0, 0, 1, ([t] for t in toks))
+    assert not list((tmp_path / "_staging").rglob("*.tmp"))
