@@ -135,6 +135,8 @@ def watch_group(
     rate = (
         (0.8 * rows) / (marks[0.9] - marks[0.1]) if 0.1 in marks and 0.9 in marks and marks[0.9] > marks[0.1] else None
     )
+    if rate is None and 0.1 in marks and 0.9 not in marks and done > 0.1 * rows:  # timed out: partial progress
+        rate = (done - 0.1 * rows) / (time.monotonic() - marks[0.1])
     if rate is None and 1.0 in marks and marks[1.0] > t0:  # too few rows for a steady window
         rate = rows / (marks[1.0] - t0)
     wall = marks[1.0] - t0 if 1.0 in marks else None
@@ -289,7 +291,7 @@ def scenario_eos(ctx: Ctx) -> list[Result]:
 
 
 def scenario_files(ctx: Ctx) -> list[Result]:
-    rows, parts, admin, b = ctx.rows, ctx.partitions, ctx.admin, ctx.bootstrap
+    rows, parts, admin, b = ctx.sink_rows, ctx.partitions, ctx.admin, ctx.bootstrap
     src = ctx.topic("tokens", parts)
     say(f"files: producing {rows:,} tokens to {src}")
     produce_tokens(b, src, rows)
@@ -354,7 +356,7 @@ def scenario_pg(ctx: Ctx, port: int) -> list[Result]:
 
     from tests.pgserver import PgServer
 
-    rows, parts, admin, b = ctx.rows, ctx.partitions, ctx.admin, ctx.bootstrap
+    rows, parts, admin, b = ctx.sink_rows, ctx.partitions, ctx.admin, ctx.bootstrap
     src = ctx.topic("pgjson", parts)
     say(f"pg: producing {rows:,} JSON rows to {src}; PostgreSQL on port {port}")
     produce_json(b, src, rows)
@@ -398,6 +400,8 @@ def scenario_pg(ctx: Ctx, port: int) -> list[Result]:
     ]
     try:
         for label, guarantee, group, table, factory in contenders:
+            if ctx.only and not any(o in label.lower() for o in ctx.only):
+                continue
             if label.startswith("Quix") and not BENCH_PY.exists():
                 out.append(Result("postgres sink", label, guarantee, rows, None, None, "not installed (.venv-bench)"))
                 continue
@@ -423,7 +427,7 @@ def _count_lines(f: Path) -> int:
         return sum(1 for _ in fh)
 
 
-def scenario_latency(ctx: Ctx, rate: int, seconds: float) -> list[Result]:
+def scenario_latency(ctx: Ctx, rate: int, seconds: float, interval_ms: int = 100) -> list[Result]:
     name = ctx.name("lat")
     raw, clean = ctx.topic("lat-raw", ctx.partitions), ctx.topic("lat-clean", ctx.partitions)
     out_dir = ctx.tmp / "lat-out"
@@ -435,7 +439,8 @@ def scenario_latency(ctx: Ctx, rate: int, seconds: float) -> list[Result]:
         f"sources:\n  - {{name: gen, type: generator, topic: {raw}, rows: {rows}, seed: 5, rate_per_s: {rate}}}\n"
         f"transforms:\n  - {{name: t, input: {raw}, output: {clean}}}\n"
         f"sinks:\n  - name: s\n    type: file\n    input: {clean}\n    path: {out_dir}\n    format: ndjson\n"
-        f"    part: {{max_rows: 100000, max_age_ms: 100}}\n",
+        f"    part: {{max_rows: 100000, max_age_ms: {interval_ms}}}\n",
+        interval_ms=interval_ms,
     )
     seen: dict[Path, float] = {}
     stop_watch = threading.Event()
@@ -481,7 +486,7 @@ def scenario_latency(ctx: Ctx, rate: int, seconds: float) -> list[Result]:
 
     note = (
         f"p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms, max {lat[-1]:.0f} ms "
-        f"at {rate:,} rows/s; commit interval 100 ms; 3 transactional hops, one process per stage"
+        f"at {rate:,} rows/s; commit interval {interval_ms} ms; 3 transactional hops, one process per stage"
     )
     say(f"latency: {note}")
     ctx.latency = (pct(0.5), pct(0.99), lat[-1], rate, len(lat))
@@ -551,6 +556,7 @@ def scenario_rss(ctx: Ctx, rows: int) -> list[Result]:
 class Ctx:
     def __init__(self, args: argparse.Namespace) -> None:
         self.rows = args.rows
+        self.sink_rows = args.sink_rows
         self.partitions = args.partitions
         self.timeout = args.timeout
         self.bootstrap = ensure_bootstrap(None)
@@ -576,9 +582,10 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, Apache Kafka {kafka_version()} (local broker), "
-        f"{args.rows:,} rows, {args.partitions} partitions.",
+        f"{args.rows:,} rows (sink scenarios {args.sink_rows:,}), {args.partitions} partitions.",
         "",
-        f"Command: `.venv/bin/python -m tests.bench --rows {args.rows} --partitions {args.partitions} "
+        f"Command: `.venv/bin/python -m tests.bench --rows {args.rows} --sink-rows {args.sink_rows} "
+        f"--partitions {args.partitions} "
         f"--scenarios {args.scenarios}`",
         "",
         "| scenario | contender | guarantee | rows/s (steady) | wall s | ratio | note |",
@@ -618,12 +625,14 @@ def write_doc(table: str) -> None:
 def main(argv: list[str] | None = None) -> list[Result]:
     ap = argparse.ArgumentParser(prog="python -m tests.bench")
     ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--sink-rows", type=int, default=500_000, help="rows of the files and pg scenarios")
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--scenarios", default="eos,files,pg,latency,rss")
     ap.add_argument("--pg-port", type=int, default=35633, help="port of the throwaway PostgreSQL server (pg)")
     ap.add_argument("--rss-rows", type=int, default=1_000_000)
     ap.add_argument("--latency-rate", type=int, default=0, help="rows/s (default: 20%% of ledgerflow's eos rate)")
     ap.add_argument("--latency-seconds", type=float, default=20)
+    ap.add_argument("--latency-interval-ms", type=int, default=100, help="commit interval and part age of all stages")
     ap.add_argument("--timeout", type=float, default=150, help="per contender; slower ones report partial progress")
     ap.add_argument("--write-doc", action="store_true", help="update docs/benchmarks.md")
     ap.add_argument("--contenders", default="", help="eos: only contenders whose name contains one of these")
@@ -642,7 +651,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         if "latency" in wanted:
             lf = next((r.rows_per_s for r in results if r.contender == "ledgerflow" and r.rows_per_s), None)
             rate = args.latency_rate or int((lf or 10_000) * 0.2)
-            results += scenario_latency(ctx, rate, args.latency_seconds)
+            results += scenario_latency(ctx, rate, args.latency_seconds, args.latency_interval_ms)
         if "rss" in wanted:
             results += scenario_rss(ctx, args.rss_rows)
     finally:

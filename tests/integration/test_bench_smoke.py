@@ -15,7 +15,19 @@ pytestmark = pytest.mark.integration
 def test_harness_smoke(kafka: KafkaEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap)
     results = main(
-        ["--rows", "4000", "--scenarios", "eos,files", "--contenders", "ledgerflow,raw,copier", "--timeout", "120"]
+        [
+            *(
+                "--rows",
+                "4000",
+                "--sink-rows",
+                "4000",
+                "--scenarios",
+                "eos,files,pg",
+                "--contenders",
+                "ledgerflow,raw,copier",
+            ),
+            *("--timeout", "120", "--pg-port", "35641"),
+        ]
     )
     by_name = {(r.scenario, r.contender): r for r in results}
     expected = {
@@ -24,6 +36,8 @@ def test_harness_smoke(kafka: KafkaEnv, monkeypatch: pytest.MonkeyPatch) -> None
         ("eos transform", "Kafka TransactionalMessageCopier (Java)"),
         ("file sink", "ledgerflow file sink (Parquet)"),
         ("file sink", "raw consume + pyarrow write"),
+        ("postgres sink", "ledgerflow PostgreSQL sink"),
+        ("postgres sink", "raw consume + plain COPY"),
     }
     assert expected <= set(by_name)
     for key in expected:
@@ -31,3 +45,5 @@ def test_harness_smoke(kafka: KafkaEnv, monkeypatch: pytest.MonkeyPatch) -> None
         assert "only" not in r.note, f"{key}: not every row was committed: {r.note}"
         assert r.rows == 4000 and r.rows_per_s is not None and r.rows_per_s > 0, key
         assert r.wall_s is not None and r.wall_s > 0, key
+    for key in (("postgres sink", "ledgerflow PostgreSQL sink"), ("postgres sink", "raw consume + plain COPY")):
+        assert by_name[key].note.startswith("4,000 rows in the table"), (key, by_name[key].note)
