@@ -26,6 +26,7 @@ class Hooks(Protocol):
     def on_partitions_gone(self, stage: str, name: str, partitions: list[tuple[str, int]]) -> None: ...
     def on_staging_leftovers(self, stage: str, name: str, count: int) -> None: ...
     def on_assigned(self, stage: str, name: str) -> None: ...
+    def on_restore(self, stage: str, name: str, partition: int, applied: int, remaining: int) -> None: ...
     def tick(self) -> None: ...
 
 
@@ -61,6 +62,9 @@ class NullHooks:
         return None
 
     def on_assigned(self, stage: str, name: str) -> None:
+        return None
+
+    def on_restore(self, stage: str, name: str, partition: int, applied: int, remaining: int) -> None:
         return None
 
     def tick(self) -> None:

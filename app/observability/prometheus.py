@@ -96,6 +96,15 @@ class PrometheusHooks:
             "ledgerflow_staging_leftovers", "Staging files found unreferenced at the last recovery", labels, registry=r
         )
         self.lag = Gauge("ledgerflow_consumer_lag", "Committed records not yet consumed", plabels, registry=r)
+        self.restored = Counter(
+            "ledgerflow_state_restored_records", "Changelog records applied to local state stores", labels, registry=r
+        )
+        self.restore_remaining = Gauge(
+            "ledgerflow_state_restore_remaining",
+            "Changelog records still to restore for a partition's store (0 once it is up to date)",
+            [*labels, "partition"],
+            registry=r,
+        )
         self.info = Gauge("ledgerflow_info", "Build information", ["pipeline", "version"], registry=r)
         self.info.labels(pipeline, __version__).set(1)
         self.last_commit: dict[tuple[str, str, str, str], float] = {}
@@ -159,12 +168,19 @@ class PrometheusHooks:
                 self.last_commit.pop((stage, name, topic, str(part)), None)
                 with contextlib.suppress(KeyError):
                     self.lag.remove(self.pipeline, stage, name, topic, str(part))
+                with contextlib.suppress(KeyError):
+                    self.restore_remaining.remove(self.pipeline, stage, name, str(part))
 
     def on_staging_leftovers(self, stage: str, name: str, count: int) -> None:
         self.staging.labels(self.pipeline, stage, name).set(count)
 
     def on_assigned(self, stage: str, name: str) -> None:
         self.assigned.add((stage, name))
+
+    def on_restore(self, stage: str, name: str, partition: int, applied: int, remaining: int) -> None:
+        if applied:
+            self.restored.labels(self.pipeline, stage, name).inc(applied)
+        self.restore_remaining.labels(self.pipeline, stage, name, str(partition)).set(remaining)
 
     def tick(self) -> None:
         """Called by the supervisor loop: feeds /healthz and the loop-age gauge."""

@@ -88,6 +88,8 @@ class TransformRunner:
         self.codec = TokenCodec()
         self.hooks = hooks
         self.state = state
+        if state is not None:
+            state.on_restore = lambda p, n, rem: hooks.on_restore("transform", name, p, n, rem)
         self.progress = Progress()
         self.pending: dict[TP, list[InRecord]] = {}
         self._lag_at = 0.0

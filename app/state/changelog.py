@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -89,9 +89,20 @@ class Restorer:
         """The partition's high watermark, from a ListOffsets request to its leader."""
         return self._admin.end_offsets([(topic, partition)])[(topic, partition)]
 
-    def restore(self, store: PartitionStore, chunk: int = 50_000, timeout: float = 600.0) -> int:
-        """Bring ``store`` up to the changelog's end; returns the records applied."""
+    def restore(
+        self,
+        store: PartitionStore,
+        chunk: int = 50_000,
+        timeout: float = 600.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Bring ``store`` up to the changelog's end; returns the records applied.
+
+        ``progress(applied, remaining)`` is called after every chunk written to the
+        store and once at the end (``remaining == 0``): records applied since the last
+        call, and changelog offsets still to read."""
         topic, partition = store.changelog_topic, store.partition
+        report = progress or (lambda _applied, _remaining: None)
         end = self.end_offset(topic, partition)
         if store.offset > end:
             log.warning(
@@ -105,6 +116,7 @@ class Restorer:
             store.wipe()
         if store.offset >= end:
             log.info("state store %s is up to date with %s/%d (offset %d)", store.path, topic, partition, end)
+            report(0, 0)
             return 0
         started = time.monotonic()
         last_log = started
@@ -136,6 +148,7 @@ class Restorer:
                 if len(buf) >= chunk:
                     store.apply_restored(buf, next_offset)
                     applied += len(buf)
+                    report(len(buf), end - next_offset)
                     buf = []
                     crash_point("state.mid_restore")
                 now = time.monotonic()
@@ -154,6 +167,7 @@ class Restorer:
             if buf or next_offset > store.offset:
                 store.apply_restored(buf, next_offset)
                 applied += len(buf)
+            report(len(buf), 0)
         finally:
             self._c.unassign()
         took = time.monotonic() - started

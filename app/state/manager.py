@@ -19,7 +19,7 @@ one directory per worker, so workers sharing a disk never share a database.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,17 @@ class StateManager:
         self._restorer = Restorer(bootstrap, extra)
         self._delivered: dict[int, int] = {}
         self.restored_records = 0
+        # (partition, records applied since the last call, records remaining): restore progress
+        self.on_restore: Callable[[int, int, int], None] | None = None
 
     def assign(self, partitions: list[int]) -> None:
         for p in partitions:
             if p in self.stores:
                 continue
             store = PartitionStore.open_or_rebuild(self.root / f"p{p}", self.changelog_topic, p)
-            self.restored_records += self._restorer.restore(store, chunk=self.restore_chunk)
+            report = self.on_restore
+            progress = None if report is None else (lambda n, rem, p=p, report=report: report(p, n, rem))
+            self.restored_records += self._restorer.restore(store, chunk=self.restore_chunk, progress=progress)
             self.op.open(p, store)
             self.stores[p] = store
 

@@ -47,7 +47,7 @@ def _expected_ids() -> set[str]:
 def reference_rows(kafka: KafkaEnv, tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     """Sink rows of an uninterrupted run: what every crashed run must converge to."""
     tmp = tmp_path_factory.mktemp("reference")
-    pf = write_pipeline(tmp, "crashref", kafka, rows=ROWS, part_rows=500)
+    pf = write_pipeline(tmp, f"crashref-{uid()}", kafka, rows=ROWS, part_rows=500)
     proc = run(pf.spec, "--worker-id", "w1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sorted(assert_exactly_once(kafka, pf, _expected_ids()))

@@ -4,16 +4,19 @@ results recomputed from the input (``tests.stateful_harness``)."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
+import socket
 import time
-import uuid
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from app.faults import CRASH_EXIT_CODE
 from tests.conftest import KafkaEnv
-from tests.harness import hanging_transactions, popen, read_dlq, run, stop, wait_for_rows, wait_log
+from tests.harness import hanging_transactions, popen, read_dlq, run, stop, uid, wait_for_rows, wait_log
 from tests.stateful_harness import (
     AGGREGATE,
     DEDUPE,
@@ -30,11 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.crash]
 OPS = {"aggregate": AGGREGATE, "dedupe": DEDUPE}
 POINTS = ["state.after_changelog_before_commit", "state.after_commit_before_local_write"]
 HITS = [1, 3]
-
-
-def _uid() -> str:
-    """Unique per run: topics and groups of an earlier session on the same broker never collide."""
-    return uuid.uuid4().hex[:6]
 
 
 def assert_results(kafka: KafkaEnv, sp: StatefulPipeline, op: str) -> int:
@@ -65,7 +63,7 @@ def reference_counts(kafka: KafkaEnv, tmp_path_factory: pytest.TempPathFactory) 
     counts = {}
     for op, block in OPS.items():
         tmp = tmp_path_factory.mktemp(f"ref-{op}")
-        sp = write_stateful(tmp, f"stref-{op}-{_uid()}", kafka, block)
+        sp = write_stateful(tmp, f"stref-{op}-{uid()}", kafka, block)
         proc = run(sp.spec, "--worker-id", "w1")
         assert proc.returncode == 0, proc.stderr[-3000:]
         counts[op] = assert_results(kafka, sp, op)
@@ -78,7 +76,7 @@ def reference_counts(kafka: KafkaEnv, tmp_path_factory: pytest.TempPathFactory) 
 def test_stateful_crash_point(
     kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int], op: str, point: str, hit: int
 ) -> None:
-    sp = write_stateful(tmp_path, f"st-{op}-{point.split('.')[1][:12]}-{hit}-{_uid()}", kafka, OPS[op])
+    sp = write_stateful(tmp_path, f"st-{op}-{point.split('.')[1][:12]}-{hit}-{uid()}", kafka, OPS[op])
     crashed = run(sp.spec, "--worker-id", "w1", crash_at=f"{point}:{hit}")
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
     assert f"crash point {point}" in crashed.stderr
@@ -91,7 +89,7 @@ def test_stateful_crash_point(
 
 @pytest.mark.parametrize("op", list(OPS))
 def test_crash_mid_restore(kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int], op: str) -> None:
-    sp = write_stateful(tmp_path, f"st-{op}-midrestore-{_uid()}", kafka, OPS[op], restore_chunk=100)
+    sp = write_stateful(tmp_path, f"st-{op}-midrestore-{uid()}", kafka, OPS[op], restore_chunk=100)
     first = run(sp.spec, "--worker-id", "w1", crash_at="state.after_commit_before_local_write:6")
     assert first.returncode == CRASH_EXIT_CODE, first.stderr[-3000:]
     shutil.rmtree(sp.state_dir)  # the rebuild must come from the changelog alone
@@ -106,23 +104,55 @@ def test_crash_mid_restore(kafka: KafkaEnv, tmp_path: Path, reference_counts: di
 
 def test_local_state_deleted_between_runs(kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int]) -> None:
     op = "aggregate"
-    sp = write_stateful(tmp_path, f"st-wipe-{_uid()}", kafka, OPS[op], rows=10_000)
+    sp = write_stateful(tmp_path, f"st-wipe-{uid()}", kafka, OPS[op], rows=10_000)
     assert run(sp.spec, "--worker-id", "w1").returncode == 0
     assert any(sp.state_dir.rglob("CURRENT")), "no local RocksDB store was written"
     shutil.rmtree(sp.state_dir)
     sp.spec.write_text(sp.spec.read_text().replace("rows: 10000", "rows: 20000"))  # the source continues
-    second = run(sp.spec, "--worker-id", "w1")
-    assert second.returncode == 0, second.stderr[-3000:]
-    restored = [line for line in second.stderr.splitlines() if "restored " in line]
-    assert restored and any(" 0 records" not in line for line in restored), second.stderr[-3000:]
+    # the rerun exposes /metrics: restore progress must show there, matching the log
+    port, log = _free_port(), tmp_path / "second.log"
+    second = popen(sp.spec, "--worker-id", "w1", "--exit-when-done", "--metrics-port", str(port), log=log)
+    scrapes: list[dict[str, float]] = []
+    deadline = time.monotonic() + 240
+    while second.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            scrapes.append(_restore_metrics(port))
+        time.sleep(0.2)
+    assert second.wait(30) == 0, log.read_text()[-3000:]
+    logged = [int(m) for m in re.findall(r"restored \S+: (\d+) records in", log.read_text())]
+    assert logged and sum(logged) > 0, log.read_text()[-3000:]
+    assert max(sc.get("restored", 0) for sc in scrapes) == sum(logged), scrapes[-3:]
+    assert any(sc.get("partitions") == 3 and sc.get("remaining") == 0 for sc in scrapes), scrapes[-3:]
     assert assert_results(kafka, sp, op) == reference_counts[op]
+
+
+def _free_port() -> int:
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
+
+
+def _restore_metrics(port: int) -> dict[str, float]:
+    """Restore metrics of one scrape: records restored, partitions with a remaining
+    gauge, and the sum of what remains."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    out: dict[str, float] = {"restored": 0, "partitions": 0, "remaining": 0}
+    for line in text.splitlines():
+        if line.startswith("ledgerflow_state_restored_records_total{"):
+            out["restored"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("ledgerflow_state_restore_remaining{"):
+            out["partitions"] += 1
+            out["remaining"] += float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def test_stateful_partitions_move_between_workers(
     kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int]
 ) -> None:
     op = "aggregate"
-    sp = write_stateful(tmp_path, f"st-rebal-{_uid()}", kafka, OPS[op], rate=2500)
+    # 20,000 rows at 1,250/s: the source still runs when t2 has joined, so t2 commits
+    # state for the partition it takes over and t1 must restore it when it returns
+    sp = write_stateful(tmp_path, f"st-rebal-{uid()}", kafka, OPS[op], rate=1250)
     logs = {n: tmp_path / f"{n}.log" for n in ("src", "t1", "t2", "sink")}
     src = popen(sp.spec, "--stage", "source", "--worker-id", "src", "--exit-when-done", log=logs["src"])
     t1 = popen(sp.spec, "--stage", "transform", "--worker-id", "t1", log=logs["t1"])
@@ -133,7 +163,11 @@ def test_stateful_partitions_move_between_workers(
         t2 = popen(sp.spec, "--stage", "transform", "--worker-id", "t2", log=logs["t2"])
         wait_log(logs["t2"], "transform agg: assigned [(", t2, timeout=90)
         wait_log(logs["t2"], "restored ", t2)  # it took a partition over from t1's changelog
-        time.sleep(2)
+        deadline = time.monotonic() + 60  # t2 committed rows (and so changelog records) of its own
+        while not re.search(r"transform/agg: [1-9]\d* rows committed", logs["t2"].read_text()):
+            assert time.monotonic() < deadline and t2.poll() is None, logs["t2"].read_text()[-3000:]
+            time.sleep(0.5)
+        assert src.poll() is None, "the source finished before t2 took part: nothing moved back to t1"
         stop(t2)  # the partition moves back to t1, whose local store is now behind
         assert src.wait(timeout=120) == 0
         deadline = time.monotonic() + 120
