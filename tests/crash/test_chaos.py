@@ -36,7 +36,10 @@ def _ids(n: int) -> set[str]:
 
 def test_twenty_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
     rows = 100_000
-    pf = write_pipeline(tmp_path, f"kills-{uid()}", kafka, rows=rows, part_rows=5000, max_rows=5000)
+    name = f"kills-{uid()}"
+    # paced so the run outlasts the kills: every SIGKILL lands mid-stream
+    src = f"  - {{name: gen, type: generator, topic: {name}.raw, rows: {rows}, seed: 11, rate_per_s: 2000}}\n"
+    pf = write_pipeline(tmp_path, name, kafka, rows=rows, part_rows=5000, max_rows=5000, source_block=src)
     rng = random.Random(20261122)
     log = tmp_path / "run.log"
     progress = []
@@ -49,6 +52,7 @@ def test_twenty_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
     finished = run(pf.spec, "--worker-id", "w1", timeout=400)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert progress[-1] > 0, "the kills never let the pipeline make progress"
+    assert progress[-1] < rows, f"the run finished before the last kill: {progress}"
     final = assert_exactly_once(kafka, pf, _ids(rows))
     print(f"\nrandom kills: sink rows after each of 20 SIGKILLs {progress}; after the final run {len(final)}")
 
