@@ -53,3 +53,40 @@ def test_compose_and_dockerfile() -> None:
     assert re.search(r"^USER 10001", docker, re.M) and "HEALTHCHECK" in docker
     assert docker.count("FROM ") == 2  # build tools stay in the first stage
     assert re.search(r'^ENTRYPOINT \["ledgerflow", "run"', docker, re.M)  # exec form: PID 1 gets SIGTERM
+
+
+def _exported_sample_names() -> set[str]:
+    from app.observability.prometheus import PrometheusHooks
+
+    names: set[str] = set()
+    for fam in PrometheusHooks("p").registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(fam.type, ("",))
+        names |= {fam.name + s for s in suffixes}
+    return names
+
+
+def test_dashboard_and_alerts_only_query_metrics_the_service_exports() -> None:
+    exported = _exported_sample_names()
+    texts = {
+        "grafana/ledgerflow.json": (DEPLOY / "grafana/ledgerflow.json").read_text(),
+        "prometheus/alerts.yml": (DEPLOY / "prometheus/alerts.yml").read_text(),
+    }
+    for path, text in texts.items():
+        used = set(re.findall(r"ledgerflow_[a-z_]+", text)) - {"ledgerflow_"}
+        assert used, path
+        assert used <= exported, f"{path} queries unknown metrics: {sorted(used - exported)}"
+    dash = json.loads(texts["grafana/ledgerflow.json"])
+    queried = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for family in ("rows_out_total", "consumer_lag", "commit_seconds_bucket", "dlq_rows_total", "parts_total"):
+        assert f"ledgerflow_{family}" in queried
+    assert "ledgerflow_state_restore_remaining" in queried and "ledgerflow_rebalances_total" in queried
+
+
+def test_metrics_reference_documents_every_exported_metric() -> None:
+    doc = (DEPLOY.parent / "docs/metrics.md").read_text()
+    documented = set(re.findall(r"`(ledgerflow_[a-z_]+)`", doc))
+    from app.observability.prometheus import PrometheusHooks
+
+    for fam in PrometheusHooks("p").registry.collect():
+        shown = fam.name + "_total" if fam.type == "counter" else fam.name
+        assert shown in documented, f"docs/metrics.md does not list {shown}"
