@@ -38,3 +38,20 @@ def running_total(state: Any, token: Any) -> list[dict[str, Any]]:
     seen = {"n": seen["n"] + 1, "total": seen["total"] + int(token["payload"]["amount"])}
     state[key] = seen
     return [{"key": key, **seen}] if seen["n"] % 5 == 0 else []
+
+
+def oversize_once(row: dict[str, Any]) -> dict[str, Any]:
+    """Row ``id`` 4321 gets an incompressible 800 kB field the first time it is seen
+    (a marker file at ``$LF_TEST_MARKER`` remembers it): the broker refuses that record
+    (the output topic allows 600 kB), so the whole transaction must abort and be redone."""
+    import base64
+    import os
+    from pathlib import Path
+
+    if int(row["id"]) != 4321:
+        return row
+    marker = Path(os.environ["LF_TEST_MARKER"])
+    if marker.exists():
+        return row
+    marker.write_text("oversized once\n")
+    return {**row, "blob": base64.b64encode(os.urandom(600_000)).decode()}
