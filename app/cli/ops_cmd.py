@@ -110,7 +110,8 @@ def _group_view(admin: Admin, group: str, topic: str, label: str) -> None:
         click.echo(f"{label}: input topic {topic} does not exist")
         return
     ends = admin.end_offsets(parts, committed_only=True)
-    committed = admin.group_offsets(group, parts)
+    # the last committed offsets: a live stage always has a transaction open
+    committed = admin.group_offsets(group, parts, require_stable=False)
     # lag in records, not offsets: transaction markers occupy offsets too
     lags = count_records(admin.bootstrap, {tp: (committed.get(tp, 0), ends[tp]) for tp in parts})
     click.echo(f"{label} (group {group}, input {topic}):")

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
+    Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -34,7 +34,15 @@ class Admin:
         self.bootstrap = bootstrap
         conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log}
         conf.update(extra or {})
+        self._extra = dict(extra or {})
         self._a = AdminClient(conf)
+        self._readers: dict[tuple[str, bool], Consumer] = {}
+
+    def close(self) -> None:
+        """Close the offset readers ``group_offsets`` keeps (the admin client needs no close)."""
+        readers, self._readers = self._readers, {}
+        for consumer in readers.values():
+            consumer.close()
 
     # -- topics ----------------------------------------------------------------
     def describe_topics(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -119,11 +127,35 @@ class Admin:
         return sorted(t.partitions)
 
     def group_offsets(
-        self, group: str, partitions: Sequence[tuple[str, int]] | None = None
+        self, group: str, partitions: Sequence[tuple[str, int]], *, require_stable: bool = True, timeout: float = 15.0
     ) -> dict[tuple[str, int], int]:
-        """Committed next-offset per partition of ``group`` (partitions without one omitted)."""
-        tps = [TopicPartition(t, p) for t, p in partitions] if partitions else None
-        req = ConsumerGroupTopicPartitions(group, tps)
-        fut = self._a.list_consumer_group_offsets([req], require_stable=True, request_timeout=15)[group]
-        res = fut.result()
-        return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions if tp.offset >= 0}
+        """Committed next-offset per partition of ``group`` (partitions without one omitted).
+
+        With ``require_stable`` the broker holds back the answer while the group's offsets
+        wait in an open transaction (retried until ``timeout``, then ``KafkaException``);
+        without it the last committed offset is returned, pending transactional offsets
+        never included: what a poller of a continuously transactional group needs.
+
+        Read with a throwaway consumer of ``group`` that never joins it (``committed``
+        only), not with ``AdminClient.list_consumer_group_offsets``: librdkafka's admin
+        path dereferences a missing group handle when the coordinator answers
+        NOT_COORDINATOR and kills the process with SIGSEGV (librdkafka issue 5040, seen
+        here against Kafka 4.3 while a group was being created); the consumer path
+        looks the coordinator up again and retries. The reader is kept for the next
+        call on the same group (pollers call this several times a second)."""
+        if not partitions:
+            return {}
+        consumer = self._readers.get((group, require_stable))
+        if consumer is None:
+            conf: dict[str, Any] = {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                # librdkafka asks for stable offsets exactly when the consumer reads committed
+                "isolation.level": "read_committed" if require_stable else "read_uncommitted",
+                "logger": log,
+            }
+            conf.update(self._extra)
+            consumer = self._readers[(group, require_stable)] = Consumer(conf)
+        res = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout)
+        return {(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}

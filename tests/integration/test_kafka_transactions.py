@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from confluent_kafka import KafkaException
 
 from app.kafka.admin import Admin
-from app.kafka.clients import TxnProducer, read_topic_to_end
+from app.kafka.clients import BatchConsumer, TxnProducer, read_topic_to_end
 from app.kafka.errors import FatalKafkaError
 from tests.conftest import KafkaEnv
 
@@ -73,3 +74,32 @@ def test_open_transaction_is_invisible_until_commit(kafka: KafkaEnv, unique: Cal
     assert admin.end_offsets([(topic, 0)])[(topic, 0)] == 1
     producer.commit()
     assert [r.value for r in read_topic_to_end(kafka.bootstrap, topic)] == [b"pending"]
+
+
+def test_group_offsets_stable_and_last_committed(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
+    """Offsets sent in an open transaction are pending: a stable read waits for them
+    (and times out while the transaction stays open), a last-committed read returns the
+    previous commit at once; the commit makes both return the new offset."""
+    topic = _topic(kafka, unique("goff"))
+    group = unique("g-goff")
+    admin = Admin(kafka.bootstrap)
+    assert admin.group_offsets(group, [(topic, 0)]) == {}  # no such group yet: nothing committed
+    consumer = BatchConsumer(kafka.bootstrap, group)
+    producer = TxnProducer(kafka.bootstrap, unique("tx-goff"))
+    producer.init()
+    for next_offset in (1, 2):
+        producer.begin()
+        producer.produce(topic, b"row")
+        producer.send_offsets([(topic, 0, next_offset)], consumer)
+        if next_offset == 1:
+            producer.commit()
+    try:
+        assert admin.group_offsets(group, [(topic, 0)], require_stable=False) == {(topic, 0): 1}
+        with pytest.raises(KafkaException):
+            admin.group_offsets(group, [(topic, 0)], timeout=2.0)
+        producer.commit()
+        assert admin.group_offsets(group, [(topic, 0)]) == {(topic, 0): 2}
+        assert admin.group_offsets(group, [(topic, 0)], require_stable=False) == {(topic, 0): 2}
+    finally:
+        admin.close()
+        consumer.close()
