@@ -176,7 +176,10 @@ def dlq_show(pipeline: str, limit: int, reason: str | None) -> None:
 @click.option("--dry-run", is_flag=True)
 def dlq_replay(pipeline: str, reason: str | None, to_topic: str | None, dry_run: bool) -> None:
     """Re-produce original records from the DLQ, exactly once: each transaction also
-    advances the replay's consumer group on the DLQ, so a re-run skips what was sent."""
+    advances the replay's consumer group on the DLQ, so a re-run skips what was sent.
+
+    Each selection (``--reason``, ``--to``) has its own group, so records one selection
+    passes over (another error class, no topic of origin) stay there for another."""
     from app.codecs.dlq import decode_dlq
     from app.kafka.clients import TxnProducer
 
@@ -186,12 +189,16 @@ def dlq_replay(pipeline: str, reason: str | None, to_topic: str | None, dry_run:
         raise click.ClickException(str(exc)) from exc
     bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
     group = f"ledgerflow.{spec.pipeline}.dlq-replay"
+    if reason:
+        group += f".reason.{reason}"
+    if to_topic:
+        group += f".to.{to_topic}"
     consumer = BatchConsumer(bootstrap, group)
     consumer.subscribe([spec.dlq])
     producer = None if dry_run else TxnProducer(bootstrap, f"{group}.{time.time_ns()}")
     if producer is not None:
         producer.init()
-    sent = skipped = idle = 0
+    sent = skipped = no_origin = idle = 0
     try:
         while idle < 10:
             recs = consumer.consume(1000, 0.5)
@@ -204,8 +211,11 @@ def dlq_replay(pipeline: str, reason: str | None, to_topic: str | None, dry_run:
                 d = decode_dlq(rec.value or b"")
                 origin = d["origin"]
                 target = to_topic or origin.get("topic")
-                if (reason and d["error_class"] != reason) or not target:
+                if reason and d["error_class"] != reason:
                     skipped += 1
+                    continue
+                if not target:
+                    no_origin += 1
                     continue
                 headers = [(h["key"], h["value"] or b"") for h in d["original_headers"]]
                 out.append((target, d["original_key"], d["original_value"], headers))
@@ -226,4 +236,13 @@ def dlq_replay(pipeline: str, reason: str | None, to_topic: str | None, dry_run:
             sent += len(out)
     finally:
         consumer.close()
-    click.echo(f"{'would replay' if dry_run else 'replayed'} {sent} record(s), skipped {skipped}")
+    click.echo(
+        f"{'would replay' if dry_run else 'replayed'} {sent} record(s), skipped {skipped} of other error classes; "
+        f"progress in consumer group {group}"
+    )
+    if no_origin:
+        click.echo(
+            f"{no_origin} record(s) have no topic of origin (source-stage DLQ records): "
+            "replay them with --to <source topic>",
+            err=True,
+        )

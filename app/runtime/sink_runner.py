@@ -118,14 +118,15 @@ class SinkRunner:
     # -- rebalance ---------------------------------------------------------------
     def _on_assign(self, parts: list[TP]) -> dict[TP, int] | None:
         self.hooks.on_rebalance("sink", self.name, "assigned", len(parts))
-        self.hooks.on_assigned("sink", self.name)
         log.info("sink %s: assigned %s", self.name, parts)
-        if not parts:
-            return None
-        if self.db is not None:
-            return self.recover_db(parts)
-        self.recover(parts)
-        return None
+        seek: dict[TP, int] | None = None
+        if parts:
+            if self.db is not None:
+                seek = self.recover_db(parts)
+            else:
+                self.recover(parts)
+        self.hooks.on_assigned("sink", self.name)  # /readyz: assigned and recovered
+        return seek
 
     def _on_revoke(self, parts: list[TP], lost: bool) -> None:
         self.hooks.on_rebalance("sink", self.name, "lost" if lost else "revoked", len(parts))

@@ -6,8 +6,10 @@ once in the sink, journal consistent, group offsets at the end.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -113,3 +115,40 @@ def test_workers_join_and_leave_under_load(kafka: KafkaEnv, tmp_path: Path) -> N
     finally:
         stop(*(p for p in (src, t1, s1, t2, s2) if p is not None))
     assert_exactly_once(kafka, pf, _ids(rows))
+
+
+@pytest.mark.slow
+def test_soak_random_kills_across_stage_workers(kafka: KafkaEnv, tmp_path: Path) -> None:
+    """Soak, outside the default suite (``pytest -m slow``): one source, two transform
+    and two sink workers, each its own process, while a random one is SIGKILLed and
+    restarted every 2-6 s (``LF_SOAK_KILLS`` times, default 40), so kills land in every
+    stage, mid-transaction and mid-rebalance. At the end every row is in the sink
+    exactly once, the journal agrees and the groups sit at the end of their inputs."""
+    kills = int(os.environ.get("LF_SOAK_KILLS", "40"))
+    rows = int(os.environ.get("LF_SOAK_ROWS", "200000"))
+    pf = _staged_pipeline(tmp_path, kafka, f"soak-{uid()}", rows, 1000)
+    stages = {"src": "source", "t1": "transform", "t2": "transform", "s1": "sink", "s2": "sink"}
+
+    def start(worker: str) -> subprocess.Popen[bytes]:
+        return popen(pf.spec, "--stage", stages[worker], "--worker-id", worker, log=tmp_path / f"{worker}.log")
+
+    procs = {w: start(w) for w in stages}
+    rng = random.Random(20261123)
+    victims: list[str] = []
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(2.0, 6.0))
+            victim = rng.choice(sorted(stages))
+            procs[victim].kill()
+            procs[victim].wait(30)
+            procs[victim] = start(victim)
+            victims.append(victim)
+        at_last_kill = len(sink_lines(pf.out))
+        wait_for_rows(pf.out, rows, timeout=900)
+        time.sleep(2)
+    finally:
+        stop(*procs.values())
+    assert at_last_kill < rows, f"the run finished before the last kill ({at_last_kill} rows)"
+    final = assert_exactly_once(kafka, pf, _ids(rows))
+    counts = {w: victims.count(w) for w in sorted(stages)}
+    print(f"\nsoak: {kills} SIGKILLs {counts}; {at_last_kill} rows at the last kill; {len(final)} rows exactly once")

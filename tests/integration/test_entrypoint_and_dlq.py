@@ -106,8 +106,12 @@ transforms:
     dry = cli("dlq", "replay", str(spec), "--to", target, "--dry-run")
     assert "would replay 3 record(s)" in dry.stdout
     assert read_topic_to_end(kafka.bootstrap, target) == []
-    for _ in range(2):  # the second replay finds its group past every DLQ record
+    other = cli("dlq", "replay", str(spec), "--reason", "decode_error", "--to", target)
+    assert other.returncode == 0 and "replayed 0 record(s), skipped 3" in other.stdout, other.stdout
+    for expected in (3, 0):  # the second replay finds its group past every DLQ record
         proc = cli("dlq", "replay", str(spec), "--to", target)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        # records the decode_error selection passed over were still there for this one
+        assert f"replayed {expected} record(s)" in proc.stdout, proc.stdout
     values = sorted(orjson.loads(r.value)["i"] for r in read_topic_to_end(kafka.bootstrap, target) if r.value)
     assert values == [97, 194, 291]

@@ -90,3 +90,40 @@ def test_metrics_reference_documents_every_exported_metric() -> None:
     for fam in PrometheusHooks("p").registry.collect():
         shown = fam.name + "_total" if fam.type == "counter" else fam.name
         assert shown in documented, f"docs/metrics.md does not list {shown}"
+
+
+def _container_specs() -> dict[str, str]:
+    """The pipeline specs the containers run, as mounted at /etc/ledgerflow/pipeline.yaml."""
+    docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    mounts = [v.split(":") for v in compose["services"]["sink"]["volumes"]]
+    (spec_file,) = [src for src, dst, *_ in mounts if dst == "/etc/ledgerflow/pipeline.yaml"]
+    return {"k8s": cm["data"]["pipeline.yaml"], "compose": (DEPLOY / spec_file).read_text()}
+
+
+def test_container_pipelines_resolve_in_the_image_layout(tmp_path: Path) -> None:
+    """Laid out as the image has it (pipeline.yaml next to the image's topics/), each
+    container spec loads, declares every topic it uses in a topic file that exists, and
+    writes only under the worker's home /var/lib/ledgerflow (uid 10001; compose mounts
+    the `lake` volume there). Relative paths in a mounted spec resolve against
+    /etc/ledgerflow, which the worker cannot write."""
+    import shutil
+
+    from app.config.pipeline import load_pipeline
+    from app.config.topics import load_topic_specs
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert "lake:/var/lib/ledgerflow" in compose["services"]["sink"]["volumes"]
+    for where, text in _container_specs().items():
+        etc = tmp_path / where / "etc" / "ledgerflow"
+        shutil.copytree(DEPLOY.parent / "topics", etc / "topics")
+        (etc / "pipeline.yaml").write_text(text)
+        spec = load_pipeline(etc / "pipeline.yaml")
+        assert spec.topic_files, f"{where}: no topic files; run would refuse the missing topics"
+        declared = {t.name for t in load_topic_specs(spec.topic_files)}
+        assert spec.all_topics() <= declared, f"{where}: undeclared topics {spec.all_topics() - declared}"
+        assert spec.state_dir.startswith("/var/lib/ledgerflow/"), f"{where}: state_dir {spec.state_dir}"
+        for sink in spec.sinks:
+            path = getattr(sink, "path", None)
+            assert path is None or str(path).startswith("/var/lib/ledgerflow/"), f"{where}: sink path {path}"
