@@ -311,7 +311,7 @@ class PostgresSink(_Model):
     key: list[str] = Field(default_factory=lambda: ["token_id"])
     create_table: bool = False
     statement_timeout_ms: int = Field(default=30_000, gt=0)
-    use_copy: bool = True  # COPY into a temp table + INSERT ... ON CONFLICT (else executemany)
+    use_copy: bool = True  # COPY straight into the table after the CAS, upsert fallback on conflict (else executemany)
     part: PartSettings = Field(default_factory=PartSettings)
 
     def resolved_dsn(self) -> str:

@@ -1,6 +1,6 @@
 """Benchmark harness: ledgerflow against its peers, on one broker, in one run.
 
-    .venv/bin/python -m tests.bench [--rows 300000] [--scenarios eos,files,pg,latency,rss] [--write-doc]
+    .venv/bin/python -m tests.bench [--rows 1000000] [--scenarios eos,files,pg,latency,rss] [--write-doc]
 
 Scenarios (identical input per scenario, rows of ~130 bytes):
   eos      topic -> topic with a trivial map (add one field): ledgerflow transform
@@ -18,9 +18,10 @@ Scenarios (identical input per scenario, rows of ~130 bytes):
   latency  source -> transform -> file sink at a fixed rate: event time -> part visible.
   rss      peak RSS of each ledgerflow stage over a backlog (--rss-rows, 1,000,000).
 
-Throughput is the steady rate between 10% and 90% of the rows (startup and the tail
-excluded), read from each contender's committed consumer-group offsets, so every
-contender is measured by the same yardstick: input rows whose processing committed.
+Throughput is the steady rate between the committed counts observed at the first polls
+past 10% and past 90% of the rows (startup and the tail excluded), read from each
+contender's committed consumer-group offsets, so every contender is measured by the
+same yardstick: input rows whose processing committed.
 """
 
 from __future__ import annotations
