@@ -91,8 +91,9 @@ def run_spec(
     metrics_port: int | None,
     metrics_host: str = "127.0.0.1",
     grace_s: float = 30.0,
+    hooks: PrometheusHooks | None = None,
 ) -> int:
-    hooks = PrometheusHooks(spec.pipeline)
+    hooks = hooks or PrometheusHooks(spec.pipeline)
     if metrics_port is not None:
         serve(hooks, metrics_host, metrics_port)
     sup = Supervisor(
@@ -174,8 +175,9 @@ def demo_cmd(pipeline: str) -> None:
     """Run the demo pipeline end to end (generator → transform → Parquet files) on the
     local broker, then count what landed. Re-running it adds nothing: exactly once."""
     spec = _load(pipeline)
+    hooks = PrometheusHooks(spec.pipeline)
     t0 = time.monotonic()
-    code = run_spec(spec, stage="all", worker_id="demo", exit_when_done=True, metrics_port=None)
+    code = run_spec(spec, stage="all", worker_id="demo", exit_when_done=True, metrics_port=None, hooks=hooks)
     elapsed = time.monotonic() - t0
     if code != 0:
         sys.exit(code)
@@ -197,6 +199,22 @@ def demo_cmd(pipeline: str) -> None:
             ids.update(col)
         click.echo(f"sink {sink.name}: {rows:,} rows in {len(files)} part file(s) under {out}")
         click.echo(f"sink {sink.name}: {len(ids):,} distinct token ids ({rows - len(ids)} duplicates)")
-    gen_rows = sum(s.rows or 0 for s in spec.sources if s.type == "generator")
-    click.echo(f"demo finished in {elapsed:.1f}s ({gen_rows / max(elapsed, 1e-9):,.0f} source rows/s end to end)")
+    # rows this run committed (counters move only after a commit point), not the spec's total
+    committed = sum(
+        hooks.registry.get_sample_value(
+            "ledgerflow_rows_out_total", {"pipeline": spec.pipeline, "stage": "source", "name": s.name}
+        )
+        or 0
+        for s in spec.sources
+    )
+    if committed:
+        click.echo(
+            f"demo finished in {elapsed:.1f}s: {committed:,.0f} source rows committed this run "
+            f"({committed / max(elapsed, 1e-9):,.0f} rows/s end to end)"
+        )
+    else:
+        click.echo(
+            f"demo finished in {elapsed:.1f}s: every source row was already committed by an earlier run, "
+            "so this run added nothing (exactly once)"
+        )
     click.echo(f"journal: ledgerflow journal tail {pipeline}   state: ledgerflow inspect {pipeline}")
