@@ -15,6 +15,7 @@ import orjson
 from app.journal.reader import load_journal
 from app.kafka.admin import Admin
 from tests.conftest import KafkaEnv
+from tests.procs import die_with_parent
 
 LEDGERFLOW = [sys.executable, "-m", "app.cli.main"]
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +176,14 @@ def popen(
     env["PYTHONPATH"] = str(REPO)  # test-only user functions live in tests/fns.py
     env.update(env_extra or {})
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([*LEDGERFLOW, "run", str(spec), *args], stdout=out, stderr=out, env=env, cwd=spec.parent)
+    return subprocess.Popen(
+        [*LEDGERFLOW, "run", str(spec), *args],
+        stdout=out,
+        stderr=out,
+        env=env,
+        cwd=spec.parent,
+        preexec_fn=die_with_parent,  # no orphan keeps writing if the test process dies
+    )
 
 
 def wait_for_rows(out: Path, n: int, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None) -> list[bytes]:

@@ -46,6 +46,7 @@ from app.codecs.tokens import TokenCodec
 from app.kafka.admin import Admin
 from app.kafka.local_broker import LocalBroker, ensure_bootstrap, kafka_version
 from app.sources.generator import GeneratorSource
+from tests.procs import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -178,6 +179,7 @@ def ledgerflow_proc(spec: Path, stage: str, log: Path, *extra: str) -> subproces
         stdout=subprocess.DEVNULL,
         stderr=open(log, "ab"),
         cwd=spec.parent,
+        preexec_fn=die_with_parent,
     )
 
 
@@ -186,7 +188,9 @@ def contender_proc(python: Path | str, mode: str, log: Path, **kw: object) -> su
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     # cwd = the run's temp dir: faust keeps a data dir in its working directory
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "ab"), cwd=log.parent)
+    return subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=open(log, "ab"), cwd=log.parent, preexec_fn=die_with_parent
+    )
 
 
 # -- scenarios ----------------------------------------------------------------------
@@ -261,6 +265,7 @@ def scenario_eos(ctx: Ctx) -> list[Result]:
                 ),
                 stdout=open(ctx.log("copier"), "ab"),  # its progress and errors are JSON lines on stdout
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
             for p in range(parts)
         ]
