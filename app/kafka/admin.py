@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
-    Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -23,6 +22,8 @@ from confluent_kafka.admin import (
     OffsetSpec,
 )
 
+from app.kafka.clients import BatchConsumer
+
 log = logging.getLogger("ledgerflow.kafka")
 _DYNAMIC_TOPIC_CONFIG = 1  # librdkafka ConfigSource: set on the topic itself
 
@@ -36,7 +37,7 @@ class Admin:
         conf.update(extra or {})
         self._extra = dict(extra or {})
         self._a = AdminClient(conf)
-        self._readers: dict[tuple[str, bool], Consumer] = {}
+        self._readers: dict[tuple[str, bool], BatchConsumer] = {}
 
     def close(self) -> None:
         """Close the offset readers ``group_offsets`` keeps (the admin client needs no close)."""
@@ -132,30 +133,23 @@ class Admin:
         """Committed next-offset per partition of ``group`` (partitions without one omitted).
 
         With ``require_stable`` the broker holds back the answer while the group's offsets
-        wait in an open transaction (retried until ``timeout``, then ``KafkaException``);
+        wait in an open transaction (retried until ``timeout``, then a ``LedgerKafkaError``);
         without it the last committed offset is returned, pending transactional offsets
         never included: what a poller of a continuously transactional group needs.
 
-        Read with a throwaway consumer of ``group`` that never joins it (``committed``
-        only), not with ``AdminClient.list_consumer_group_offsets``: librdkafka's admin
-        path dereferences a missing group handle when the coordinator answers
-        NOT_COORDINATOR and kills the process with SIGSEGV (librdkafka issue 5040, seen
-        here against Kafka 4.3 while a group was being created); the consumer path
-        looks the coordinator up again and retries. The reader is kept for the next
-        call on the same group (pollers call this several times a second)."""
+        Read with ``BatchConsumer.committed`` of a consumer of ``group`` that never
+        subscribes (so never joins), not with ``AdminClient.list_consumer_group_offsets``:
+        librdkafka's admin path dereferences a missing group handle when the coordinator
+        answers NOT_COORDINATOR and kills the process with SIGSEGV (librdkafka issue 5040,
+        seen here against Kafka 4.3 while a group was being created); the consumer path
+        looks the coordinator up again and retries. The reader is kept for the next call
+        on the same group (pollers call this several times a second)."""
         if not partitions:
             return {}
-        consumer = self._readers.get((group, require_stable))
-        if consumer is None:
-            conf: dict[str, Any] = {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                # librdkafka asks for stable offsets exactly when the consumer reads committed
-                "isolation.level": "read_committed" if require_stable else "read_uncommitted",
-                "logger": log,
-            }
-            conf.update(self._extra)
-            consumer = self._readers[(group, require_stable)] = Consumer(conf)
-        res = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout)
-        return {(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}
+        reader = self._readers.get((group, require_stable))
+        if reader is None:
+            # librdkafka asks for stable offsets exactly when the consumer reads committed
+            level = "read_committed" if require_stable else "read_uncommitted"
+            reader = BatchConsumer(self.bootstrap, group, extra={**self._extra, "isolation.level": level})
+            self._readers[(group, require_stable)] = reader
+        return {tp: off for tp, off in reader.committed(partitions, timeout).items() if off is not None}

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import KafkaException
 
 from app.kafka.admin import Admin
 from app.kafka.clients import BatchConsumer, TxnProducer, read_topic_to_end
-from app.kafka.errors import FatalKafkaError
+from app.kafka.errors import FatalKafkaError, LedgerKafkaError
 from tests.conftest import KafkaEnv
 
 pytestmark = pytest.mark.integration
@@ -95,7 +94,7 @@ def test_group_offsets_stable_and_last_committed(kafka: KafkaEnv, unique: Callab
             producer.commit()
     try:
         assert admin.group_offsets(group, [(topic, 0)], require_stable=False) == {(topic, 0): 1}
-        with pytest.raises(KafkaException):
+        with pytest.raises(LedgerKafkaError):
             admin.group_offsets(group, [(topic, 0)], timeout=2.0)
         producer.commit()
         assert admin.group_offsets(group, [(topic, 0)]) == {(topic, 0): 2}

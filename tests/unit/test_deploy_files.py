@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -24,8 +25,17 @@ def test_grafana_dashboard_structure() -> None:
         assert {"h", "w", "x", "y"} <= set(p["gridPos"])
 
 
+def _k8s_docs() -> list[dict[str, Any]]:
+    return [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return data
+
+
 def test_kubernetes_manifests() -> None:
-    docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    docs = _k8s_docs()
     kinds = [d["kind"] for d in docs]
     assert kinds.count("Deployment") == 3 and kinds.count("PodDisruptionBudget") == 3
     assert {"ConfigMap", "Secret", "Service", "ServiceMonitor"} <= set(kinds)
@@ -44,7 +54,7 @@ def test_kubernetes_manifests() -> None:
 
 
 def test_compose_and_dockerfile() -> None:
-    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    compose = _compose()
     services = compose["services"]
     assert services["kafka"]["image"].startswith("apache/kafka:4")
     assert {"source", "transform", "sink", "prometheus", "grafana", "topics"} <= set(services)
@@ -94,10 +104,8 @@ def test_metrics_reference_documents_every_exported_metric() -> None:
 
 def _container_specs() -> dict[str, str]:
     """The pipeline specs the containers run, as mounted at /etc/ledgerflow/pipeline.yaml."""
-    docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
-    cm = next(d for d in docs if d["kind"] == "ConfigMap")
-    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    mounts = [v.split(":") for v in compose["services"]["sink"]["volumes"]]
+    cm = next(d for d in _k8s_docs() if d["kind"] == "ConfigMap")
+    mounts = [v.split(":") for v in _compose()["services"]["sink"]["volumes"]]
     (spec_file,) = [src for src, dst, *_ in mounts if dst == "/etc/ledgerflow/pipeline.yaml"]
     return {"k8s": cm["data"]["pipeline.yaml"], "compose": (DEPLOY / spec_file).read_text()}
 
@@ -113,8 +121,7 @@ def test_container_pipelines_resolve_in_the_image_layout(tmp_path: Path) -> None
     from app.config.pipeline import load_pipeline
     from app.config.topics import load_topic_specs
 
-    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    assert "lake:/var/lib/ledgerflow" in compose["services"]["sink"]["volumes"]
+    assert "lake:/var/lib/ledgerflow" in _compose()["services"]["sink"]["volumes"]
     for where, text in _container_specs().items():
         etc = tmp_path / where / "etc" / "ledgerflow"
         shutil.copytree(DEPLOY.parent / "topics", etc / "topics")
