@@ -24,11 +24,6 @@ class Token(TypedDict):
     lineage: list[str]
 
 
-def source_token_id(source_id: str, position: str) -> str:
-    """Id of the token a source makes at ``position`` (stable across re-reads)."""
-    return f"{source_id}:{position}"
-
-
 def child_token_id(parent_id: str, index: int) -> str:
     """Id of the ``index``-th child a transform derives from ``parent_id``."""
     return f"{parent_id}/{index}"

@@ -203,7 +203,7 @@ def wait_for_rows(out: Path, n: int, timeout: float = 120, proc: subprocess.Pope
 
 def read_dlq(kafka: KafkaEnv, topic: str) -> list[dict[str, object]]:
     from app.codecs.dlq import decode_dlq
-    from app.kafka.clients import read_topic_to_end
+    from app.kafka.readers import read_topic_to_end
 
     return [decode_dlq(r.value) for r in read_topic_to_end(kafka.bootstrap, topic) if r.value]
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from app.codecs.tokens import TokenCodec
-from app.kafka.clients import read_topic_to_end
+from app.kafka.readers import read_topic_to_end
 from tests.conftest import KafkaEnv
 from tests.fns import jitter_time
 from tests.harness import sink_lines, spec_head, write_topics

@@ -14,8 +14,9 @@ from app.config.yamlsrc import SpecError
 from app.journal.events import decode_event
 from app.journal.reader import load_journal
 from app.kafka.admin import Admin
-from app.kafka.clients import BatchConsumer, count_records
+from app.kafka.clients import BatchConsumer
 from app.kafka.local_broker import ensure_bootstrap
+from app.kafka.readers import count_records
 from app.runtime.stage import group_id
 from app.sinks.files import FilePartWriter
 
@@ -128,7 +129,7 @@ def dlq_group() -> None:
 
 def _dlq_records(spec_path: str) -> tuple[object, str, list[tuple[int, int, dict[str, object]]]]:
     from app.codecs.dlq import decode_dlq
-    from app.kafka.clients import read_topic_to_end
+    from app.kafka.readers import read_topic_to_end
 
     try:
         spec = load_pipeline(Path(spec_path))

@@ -60,9 +60,6 @@ class TokenCodec:
             "lineage": lineage,
         }
 
-    def decode_many(self, values: Sequence[bytes]) -> list[Token]:
-        return [self.decode(v) for v in values]
-
 
 def check_fingerprint(headers: Sequence[tuple[str, Any]] | None, expected: bytes) -> None:
     """Raise ``CodecError("schema_mismatch")`` if the record names another schema."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.journal.events import JournalEvent, decode_event
-from app.kafka.clients import read_topic_to_end
+from app.kafka.readers import read_topic_to_end
 from app.sources.base import Checkpoint
 
 log = logging.getLogger("ledgerflow.journal")

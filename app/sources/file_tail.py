@@ -289,7 +289,7 @@ class FileTailSource:
         ncols = len(header) if header is not None else 0
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         sid, kf = self.source_id, self.key_field
-        tid_prefix = f"{sid}:{st.tag}:"  # f"{tid_prefix}{off}" == source_token_id(sid, f"{tag}:{off}")
+        tid_prefix = f"{sid}:{st.tag}:"  # token id "<source>:<tag>:<byte offset>", stable across re-reads
         pos_prefix = f"{path}:"
         pos = cp.offset
         rows = cp.rows

@@ -151,7 +151,7 @@ class GeneratorSource:
         kf = self.key_field
         base_ms = self.start_time_ms
         now_ms = int(time.time() * 1000) if self.rate_per_s is not None else None
-        prefix = f"{sid}:"  # f"{prefix}{i}" == source_token_id(sid, str(i)), without a call per row
+        prefix = f"{sid}:"  # token id "<source>:<row index>", stable across re-reads
         t0, t1, t2, t3, t4, t5 = self._tabs
         cust, ctry, qty, skus, notes = _CUSTOMERS, _COUNTRY64, _QTY16, _SKUS, _NOTE8
         tokens: list[Token] = []

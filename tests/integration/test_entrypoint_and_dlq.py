@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from app.kafka.admin import Admin
-from app.kafka.clients import TxnProducer, read_topic_to_end
+from app.kafka.clients import TxnProducer
+from app.kafka.readers import read_topic_to_end
 from tests.conftest import KafkaEnv
 from tests.harness import REPO, read_dlq, uid, wait_for_rows, write_pipeline
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 
 from app.kafka.admin import Admin
-from app.kafka.clients import BatchConsumer, TxnProducer, read_topic_to_end
+from app.kafka.clients import BatchConsumer, TxnProducer
 from app.kafka.errors import FatalKafkaError, LedgerKafkaError
+from app.kafka.readers import read_topic_to_end
 from tests.conftest import KafkaEnv
 
 pytestmark = pytest.mark.integration
