@@ -1,4 +1,11 @@
-"""`ledgerflow kafka ...`: the local broker and Kafka's own operator tools."""
+"""`ledgerflow kafka ...`: the local broker or replicated cluster, faults, and Kafka's own tools.
+
+``up`` starts one node (default) or ``--brokers N`` combined nodes behind the fault
+proxy; ``down``, ``status`` and ``logs`` act on whichever the data dir holds (a
+``cluster.json`` there means the cluster, every node); ``fault NODE ACTION`` hurts one
+cluster node (kill, term, stop, cont, restart) or its client proxy (cut, blackhole,
+slow:MS, heal).
+"""
 
 from __future__ import annotations
 
@@ -19,12 +26,21 @@ from app.kafka.local_broker import (
     kafka_version,
     resolve_jars,
 )
+from app.kafka.local_cluster import DEFAULT_CLUSTER_HEAP_MB, LocalCluster
+
+
+def _data(data_dir: str | None) -> Path:
+    return Path(data_dir or os.environ.get("LEDGERFLOW_KAFKA_DATA", ".ledgerflow/kafka"))
 
 
 def _broker(data_dir: str | None, port: int | None) -> LocalBroker:
-    d = Path(data_dir or os.environ.get("LEDGERFLOW_KAFKA_DATA", ".ledgerflow/kafka"))
     p = port or int(os.environ.get("LEDGERFLOW_KAFKA_PORT", DEFAULT_PORT))
-    return LocalBroker(d, port=p)
+    return LocalBroker(_data(data_dir), port=p)
+
+
+def _cluster(data_dir: str | None) -> LocalCluster | None:
+    """The cluster recorded in the data dir (``cluster.json``), if any."""
+    return LocalCluster.from_state(_data(data_dir))
 
 
 _data_opt = click.option("--data-dir", default=None, help="Broker data dir [.ledgerflow/kafka].")
@@ -33,7 +49,7 @@ _port_opt = click.option("--port", type=int, default=None, help=f"Broker port [{
 
 @click.group("kafka")
 def kafka_group() -> None:
-    """Run a local single-node Apache Kafka broker (no Docker needed)."""
+    """Run a local Apache Kafka broker or replicated cluster (no Docker needed)."""
 
 
 @kafka_group.command("resolve")
@@ -49,12 +65,40 @@ def resolve_cmd() -> None:
 @kafka_group.command("up")
 @_data_opt
 @_port_opt
-@click.option("--heap-mb", type=int, default=512, show_default=True)
-def up_cmd(data_dir: str | None, port: int | None, heap_mb: int) -> None:
-    """Start the broker (idempotent: a running broker is left alone)."""
-    broker = _broker(data_dir, port)
-    broker.heap_mb = heap_mb
+@click.option("--brokers", type=int, default=1, show_default=True, help="Nodes; >1 starts a replicated cluster.")
+@click.option(
+    "--heap-mb", type=int, default=None, help=f"Heap per node [512; {DEFAULT_CLUSTER_HEAP_MB} per cluster node]."
+)
+@click.option("--no-proxy", is_flag=True, help="Cluster without the fault proxy in front of the client listeners.")
+def up_cmd(data_dir: str | None, port: int | None, brokers: int, heap_mb: int | None, no_proxy: bool) -> None:
+    """Start the broker, or a cluster with --brokers 3 (idempotent: a running one is left alone)."""
     t0 = time.monotonic()
+    if brokers > 1 or _cluster(data_dir) is not None:
+        existing = _cluster(data_dir)
+        if existing is not None and existing.running() and existing.layout.brokers != brokers:
+            raise click.ClickException(
+                f"a {existing.layout.brokers}-node cluster already runs from {existing.data_dir}; "
+                "`ledgerflow kafka down` first to change --brokers"
+            )
+        cluster = LocalCluster(
+            _data(data_dir),
+            brokers=brokers,
+            port=port or int(os.environ.get("LEDGERFLOW_KAFKA_PORT", DEFAULT_PORT)),
+            heap_mb=heap_mb or DEFAULT_CLUSTER_HEAP_MB,
+            proxy=not no_proxy,
+        )
+        try:
+            started = cluster.up()
+        except BrokerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        verb = f"started in {time.monotonic() - t0:.1f}s" if started else "already up"
+        click.echo(
+            f"{verb}: Apache Kafka {cluster.version} cluster of {brokers} nodes on {cluster.bootstrap} "
+            f"(proxy {'on' if cluster.layout.proxy else 'off'}); data {cluster.data_dir}"
+        )
+        return
+    broker = _broker(data_dir, port)
+    broker.heap_mb = heap_mb or broker.heap_mb
     try:
         state, started = broker.up()
     except BrokerError as exc:
@@ -63,6 +107,11 @@ def up_cmd(data_dir: str | None, port: int | None, heap_mb: int) -> None:
         click.echo(
             f"started Apache Kafka {state.version} on {state.bootstrap} (pid {state.pid}) "
             f"in {time.monotonic() - t0:.1f}s; data {state.data_dir}; log {state.log_file}"
+        )
+    elif Path(state.data_dir) != broker.data_dir:
+        click.echo(
+            f"already up: reusing the ledgerflow Kafka {state.version} on {state.bootstrap} "
+            f"started from {state.data_dir} (pid {state.pid})"
         )
     else:
         click.echo(f"already up: Apache Kafka {state.version} on {state.bootstrap} (pid {state.pid})")
@@ -73,7 +122,11 @@ def up_cmd(data_dir: str | None, port: int | None, heap_mb: int) -> None:
 @_port_opt
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds before SIGKILL.")
 def down_cmd(data_dir: str | None, port: int | None, timeout: float) -> None:
-    """Stop the broker: SIGTERM, then SIGKILL after --timeout."""
+    """Stop the broker, or every node of the cluster: SIGTERM, then SIGKILL after --timeout."""
+    cluster = _cluster(data_dir)
+    if cluster is not None:
+        click.echo("stopped" if cluster.down(timeout=timeout) else "not running")
+        return
     broker = _broker(data_dir, port)
     click.echo("stopped" if broker.down(timeout=timeout) else "not running")
 
@@ -82,7 +135,17 @@ def down_cmd(data_dir: str | None, port: int | None, timeout: float) -> None:
 @_data_opt
 @_port_opt
 def status_cmd(data_dir: str | None, port: int | None) -> None:
-    """Print whether the broker runs and answers; exit 1 when it does not."""
+    """Print whether the broker (every cluster node) runs and answers; exit 1 when not all do."""
+    cluster = _cluster(data_dir)
+    if cluster is not None:
+        info = cluster.describe()
+        click.echo(f"cluster: Apache Kafka {info['version']} on {info['bootstrap']}, proxy pid {info['proxy_pid']}")
+        for n in info["nodes"]:
+            click.echo(
+                f"node {n['node']}: {n['state']}{'' if n['live'] else ' (not live)'}, pid {n['pid']}, "
+                f"port {n['client_port']}, proxy {n['proxy']}, log {n['log']}"
+            )
+        sys.exit(0 if all(n["live"] for n in info["nodes"]) else 1)
     broker = _broker(data_dir, port)
     state = broker.state()
     if state is None:
@@ -101,12 +164,26 @@ def status_cmd(data_dir: str | None, port: int | None) -> None:
 @_port_opt
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True)
-def logs_cmd(data_dir: str | None, port: int | None, lines: int, follow: bool) -> None:
-    """Show the broker log."""
-    broker = _broker(data_dir, port)
-    click.echo(broker.tail(lines))
+@click.option("--node", type=int, default=None, help="Cluster: one node's log (default: every node's).")
+def logs_cmd(data_dir: str | None, port: int | None, lines: int, follow: bool, node: int | None) -> None:
+    """Show the broker log (a cluster: each node's, or --node N; --follow needs one log)."""
+    cluster = _cluster(data_dir)
+    if cluster is not None:
+        nodes = [node] if node else list(cluster.layout.nodes)
+        for n in nodes:
+            click.echo(f"==> node {n}: {cluster.log_file(n)} <==")
+            click.echo(cluster.tail(n, lines))
+        if not follow:
+            return
+        if len(nodes) != 1:
+            raise click.ClickException("--follow needs --node N")
+        log_file = cluster.log_file(nodes[0])
+    else:
+        broker = _broker(data_dir, port)
+        click.echo(broker.tail(lines))
+        log_file = broker.log_file
     if follow:
-        with open(broker.log_file, "rb") as fh:
+        with open(log_file, "rb") as fh:
             fh.seek(0, 2)
             while True:
                 chunk = fh.read()
@@ -115,6 +192,23 @@ def logs_cmd(data_dir: str | None, port: int | None, lines: int, follow: bool) -
                     sys.stdout.flush()
                 else:
                     time.sleep(0.5)
+
+
+@kafka_group.command("fault")
+@_data_opt
+@click.argument("node", type=int)
+@click.argument("action")
+def fault_cmd(data_dir: str | None, node: int, action: str) -> None:
+    """Hurt cluster node NODE. ACTION: kill, term, stop, cont, restart (SIGKILL, SIGTERM,
+    SIGSTOP, SIGCONT, start again on the same data dir) or a client-proxy mode: cut,
+    blackhole, slow:MS (MS milliseconds added per chunk), heal."""
+    cluster = _cluster(data_dir)
+    if cluster is None:
+        raise click.ClickException(f"no cluster in {_data(data_dir)}; start one with `ledgerflow kafka up --brokers 3`")
+    try:
+        click.echo(cluster.fault(node, action))
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @kafka_group.command(
@@ -128,6 +222,9 @@ def tool_cmd(tool: str, args: tuple[str, ...]) -> None:
     from the same jars. --bootstrap-server defaults to KAFKA_BOOTSTRAP_SERVERS or the
     local broker. Example: ledgerflow kafka tool consumer-groups --describe --all-groups"""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    cluster = _cluster(None)
+    if bootstrap is None and cluster is not None:
+        bootstrap = cluster.bootstrap
     broker = _broker(None, None)
     try:
         cmd = broker.tool_command(tool, list(args), bootstrap=bootstrap)

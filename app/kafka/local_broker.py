@@ -10,6 +10,12 @@ topics, ``transaction.state.log.min.isr=1``).
 State of a running broker is kept in ``<data_dir>/broker.json`` (pid, ports, version),
 so ``up`` is idempotent and ``down`` stops exactly the process it started
 (SIGTERM, then SIGKILL after a timeout).
+
+When the port is already held, ``up`` finds the holder (``/proc/net/tcp`` + the
+process's open sockets): a ledgerflow broker or cluster started from another data
+dir that answers metadata is reused (its state is returned, nothing is started);
+anything else is an error naming the port and the process holding it. The
+replicated three-node cluster lives in ``app/kafka/local_cluster.py``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ TOOLS = {
     "consumer-perf": "org.apache.kafka.tools.ConsumerPerformance",
     "copier": "org.apache.kafka.tools.TransactionalMessageCopier",
     "get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "metadata-quorum": "org.apache.kafka.tools.MetadataQuorumCommand",
 }
 
 _LOG4J2 = """status = warn
@@ -74,10 +81,11 @@ class BrokerState:
     data_dir: str
     log_file: str
     started_at: float
+    servers: str = ""  # a reused cluster's full bootstrap list
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.servers or f"127.0.0.1:{self.port}"
 
 
 def cache_dir() -> Path:
@@ -154,6 +162,78 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def parse_proc_net_tcp(text: str, port: int) -> set[int]:
+    """Socket inodes LISTENing on ``port`` in a ``/proc/net/tcp`` (or tcp6) table."""
+    inodes: set[int] = set()
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 10 or cols[3] != "0A":  # 0A = TCP_LISTEN
+            continue
+        if int(cols[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(int(cols[9]))
+    return inodes
+
+
+def port_holder(port: int) -> tuple[int, list[str]] | None:
+    """(pid, argv) of a process of this user listening on ``port``, when it can be found."""
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            inodes |= parse_proc_net_tcp(Path(table).read_text(), port)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            fds = list((proc_dir / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target in wanted:
+                try:
+                    argv = (proc_dir / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+                except OSError:
+                    argv = []
+                return int(proc_dir.name), [a.decode(errors="replace") for a in argv]
+    return None
+
+
+def describe_holder(port: int) -> str:
+    """Human words for what holds ``port``: 'pid 123 (java ... kafka.Kafka ...)' or a hint."""
+    holder = port_holder(port)
+    if holder is None:
+        return "a process this user cannot inspect (another user's, or outside this namespace)"
+    pid, argv = holder
+    cmd = " ".join(argv)
+    return f"pid {pid} ({cmd[:160]}{'...' if len(cmd) > 160 else ''})"
+
+
+def ledgerflow_state_dir(port: int) -> Path | None:
+    """The data dir of the ledgerflow broker (``broker.json``) or cluster (``cluster.json``)
+    whose process listens on ``port``, or None when the holder is not one of ours."""
+    holder = port_holder(port)
+    if holder is None:
+        return None
+    _pid, argv = holder
+    if "kafka.Kafka" in argv and argv[-1].endswith("server.properties"):
+        d = Path(argv[-1]).parent
+        if (d / "broker.json").exists():
+            return d
+        if (d.parent / "cluster.json").exists():
+            return d.parent
+    if "app.faults.proxy" in argv and "--cluster-dir" in argv:
+        d = Path(argv[argv.index("--cluster-dir") + 1])
+        if (d / "cluster.json").exists():
+            return d
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -237,10 +317,14 @@ class LocalBroker:
                 f"see {self.log_file} or run `ledgerflow kafka down`"
             )
         java = _require("java")
+        if not port_free(self.port):
+            reused = self._reuse_other()
+            if reused is not None:
+                return reused, False
         for p in (self.port, self.controller_port):
             if not port_free(p):
                 raise BrokerError(
-                    f"port {p} on 127.0.0.1 is already taken by another process; "
+                    f"port {p} on 127.0.0.1 is already taken by {describe_holder(p)}; "
                     "choose other ports with --port (LEDGERFLOW_KAFKA_PORT) or stop that process"
                 )
         libs = resolve_jars(self.version)
@@ -248,20 +332,7 @@ class LocalBroker:
         props = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             self._format(java, libs, props)
-        cmd = [
-            java,
-            f"-Xms{self.heap_mb}m",
-            f"-Xmx{self.heap_mb}m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.data_dir}",
-            "-cp",
-            f"{libs}/*",
-            "kafka.Kafka",
-            str(props),
-        ]
+        cmd = server_command(java, libs, self.heap_mb, self.data_dir, props)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -284,6 +355,33 @@ class LocalBroker:
             self.down()
             raise BrokerError(f"broker did not answer within {timeout:.0f}s; last log lines:\n{self.tail(30)}")
         return state, True
+
+    def _reuse_other(self) -> BrokerState | None:
+        """A ledgerflow broker started from another data dir already answers on our port:
+        use it (its recorded state) instead of failing on the taken port."""
+        other = ledgerflow_state_dir(self.port)
+        if other is None or other == self.data_dir or not answers_metadata(self.bootstrap):
+            return None
+        if (other / "broker.json").exists():
+            state = LocalBroker(other, port=self.port).state()
+            if state is not None:
+                return state
+            return None
+        from app.kafka.local_cluster import LocalCluster
+
+        cluster = LocalCluster.from_state(other)
+        if cluster is None:
+            return None
+        return BrokerState(
+            pid=cluster.proxy_pid() or 0,
+            port=self.port,
+            controller_port=0,
+            version=cluster.version,
+            data_dir=str(other),
+            log_file=str(other / "node-1" / "broker.log"),
+            started_at=cluster.started_at(),
+            servers=cluster.bootstrap,
+        )
 
     def _wait_ready(self, state: BrokerState, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
         deadline = time.monotonic() + timeout
@@ -398,6 +496,27 @@ class LocalBroker:
             raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
 
 
+def server_command(
+    java: str, libs: Path, heap_mb: int, data_dir: Path, props: Path, extra_jvm: Sequence[str] = ()
+) -> list[str]:
+    """The ``kafka.Kafka`` command line for one node whose config and log4j2 file live in ``data_dir``."""
+    return [
+        java,
+        f"-Xms{heap_mb}m",
+        f"-Xmx{heap_mb}m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        *extra_jvm,
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={data_dir}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(props),
+    ]
+
+
 def _terminate(pid: int, timeout: float) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
@@ -438,7 +557,17 @@ def ensure_bootstrap(explicit: str | None = None) -> str:
     if env:
         return env
     broker = default_broker()
+    from app.kafka.local_cluster import LocalCluster
+
+    cluster = LocalCluster.from_state(broker.data_dir)
+    if cluster is not None and cluster.answers():  # `kafka up --brokers 3` ran in this data dir
+        return cluster.bootstrap
     state, started = broker.up()
     if started:
         print(f"ledgerflow: started local Kafka {state.version} on {state.bootstrap}", file=sys.stderr)
+    elif Path(state.data_dir) != broker.data_dir:
+        print(
+            f"ledgerflow: reusing the local Kafka already running on {state.bootstrap} (data dir {state.data_dir})",
+            file=sys.stderr,
+        )
     return state.bootstrap
