@@ -3,6 +3,13 @@
 Only configs named in a spec are compared; configs set on the broker but absent
 from the spec are left alone. Shrinking partitions and changing the replication
 factor are refused with a message naming topic and values.
+
+``replication_factor`` left out of a spec means ``min(3, brokers)`` of the cluster
+it is applied to (1 on a single broker, 3 on a three-node cluster), and a topic
+created with RF >= 3 gets ``min.insync.replicas=2`` unless the spec sets it. Both
+defaults apply when a topic is created only; an existing topic is compared on the
+values its spec states. A spec asking more replicas than the cluster has brokers is
+refused, naming topic, replication factor and broker count.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ class TopicSpec(BaseModel):
 
     name: str
     partitions: int = Field(ge=1)
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)  # None: min(3, brokers)
     configs: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -108,12 +115,36 @@ class TopicPlan:
         return "\n".join(lines)
 
 
-def plan_topic_changes(desired: list[TopicSpec], actual: dict[str, ActualTopic]) -> TopicPlan:
+def default_replication_factor(brokers: int) -> int:
+    """The replication factor of a spec that names none: ``min(3, brokers)``."""
+    return max(1, min(3, brokers))
+
+
+def resolve_for_create(spec: TopicSpec, brokers: int) -> TopicSpec:
+    """The spec as it will be created on a cluster of ``brokers``: the default replication
+    factor filled in, and ``min.insync.replicas=2`` when RF >= 3 and the spec sets none."""
+    rf = spec.replication_factor or default_replication_factor(brokers)
+    configs = dict(spec.configs)
+    if rf >= 3 and "min.insync.replicas" not in configs:
+        configs["min.insync.replicas"] = "2"
+    return spec.model_copy(update={"replication_factor": rf, "configs": configs})
+
+
+def plan_topic_changes(desired: list[TopicSpec], actual: dict[str, ActualTopic], brokers: int = 1) -> TopicPlan:
+    """What brings the cluster (``actual``, ``brokers`` live brokers) to ``desired``."""
     plan = TopicPlan()
     for spec in desired:
         cur = actual.get(spec.name)
         if cur is None:
-            plan.create.append(spec)
+            want = resolve_for_create(spec, brokers)
+            if want.replication_factor is not None and want.replication_factor > brokers:
+                plan.refused.append(
+                    f"topic {spec.name}: replication factor {want.replication_factor} needs at least "
+                    f"{want.replication_factor} brokers, the cluster has {brokers}; lower replication_factor "
+                    "in the spec (or leave it out: the default is min(3, brokers)) or start more brokers"
+                )
+            else:
+                plan.create.append(want)
             continue
         if spec.partitions < cur.partitions:
             plan.refused.append(
@@ -121,7 +152,7 @@ def plan_topic_changes(desired: list[TopicSpec], actual: dict[str, ActualTopic])
             )
         elif spec.partitions > cur.partitions:
             plan.add_partitions.append((spec.name, cur.partitions, spec.partitions))
-        if spec.replication_factor != cur.replication_factor:
+        if spec.replication_factor is not None and spec.replication_factor != cur.replication_factor:
             plan.refused.append(
                 f"topic {spec.name}: replication factor is {cur.replication_factor}, spec says "
                 f"{spec.replication_factor}; change it with a partition reassignment, not topics apply"

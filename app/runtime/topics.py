@@ -3,6 +3,9 @@
 ``apply`` is idempotent: a second run finds nothing to do. Shrinking partitions
 or changing the replication factor is refused (Kafka cannot do the first, and the
 second needs a reassignment plan), with a message naming topic and values.
+Specs without a replication factor get ``min(3, live brokers)`` at creation, and a
+spec asking more replicas than there are live brokers is refused before anything is
+created (topic, replication factor and broker count in the message).
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ class TopicsRefused(RuntimeError):
     pass
 
 
+def broker_count(admin: Admin) -> int:
+    """Live (registered, unfenced) brokers the cluster reports in its metadata."""
+    meta = admin._a.list_topics(timeout=15)
+    return max(1, len(meta.brokers))
+
+
 def plan(admin: Admin, specs: Sequence[TopicSpec]) -> TopicPlan:
     names = [s.name for s in specs]
     shapes = admin.describe_topics(names)
@@ -25,7 +34,7 @@ def plan(admin: Admin, specs: Sequence[TopicSpec]) -> TopicPlan:
         name: ActualTopic(name=name, partitions=parts, replication_factor=rf, configs=configs.get(name, {}))
         for name, (parts, rf) in shapes.items()
     }
-    return plan_topic_changes(list(specs), actual)
+    return plan_topic_changes(list(specs), actual, broker_count(admin))
 
 
 def apply(admin: Admin, specs: Sequence[TopicSpec]) -> TopicPlan:
@@ -35,7 +44,8 @@ def apply(admin: Admin, specs: Sequence[TopicSpec]) -> TopicPlan:
     if p.refused:
         raise TopicsRefused("\n".join(p.refused))
     for spec in p.create:
-        admin.create_topic(spec.name, spec.partitions, spec.replication_factor, dict(spec.configs))
+        rf = spec.replication_factor or 1  # resolved by the plan
+        admin.create_topic(spec.name, spec.partitions, rf, dict(spec.configs))
     for topic, _old, new in p.add_partitions:
         admin.add_partitions(topic, new)
     for change in p.alter:
