@@ -12,13 +12,14 @@ import click
 from app.config.pipeline import load_pipeline, resolve_bootstrap
 from app.config.yamlsrc import SpecError
 from app.journal.events import decode_event
+from app.journal.keys import sink_prefix
 from app.journal.reader import load_journal
 from app.kafka.admin import Admin
 from app.kafka.clients import BatchConsumer
 from app.kafka.local_broker import ensure_bootstrap
 from app.kafka.readers import count_records
 from app.runtime.stage import group_id
-from app.sinks.files import FilePartWriter
+from app.sinks.files import FileSink
 
 
 @click.group("journal")
@@ -76,12 +77,12 @@ def inspect_cmd(pipeline: str) -> None:
         _group_view(admin, group_id(spec.pipeline, "sink", sink.name), sink.input, f"sink {sink.name}")
         if sink.type != "file":
             continue
-        writer = FilePartWriter(sink.name, Path(sink.resolved_path), sink.format)
+        writer = FileSink(sink.name, Path(sink.resolved_path), sink.format)
         for p in admin.partitions_of(sink.input):
             parts = [
                 ev
                 for k, ev in events.items()
-                if k.startswith(f"sink/{sink.name}/{sink.input}/{p}/") and ev.part is not None
+                if k.startswith(sink_prefix(sink.name, sink.input, p)) and ev.part is not None
             ]
             parts.sort(key=lambda ev: ev.part.first_offset if ev.part else 0)
             committed = [ev for ev in parts if ev.kind == "part_committed"]

@@ -274,6 +274,8 @@ class FileSink(_Model):
     path: str
     format: Literal["parquet", "ndjson"] = "parquet"
     part: PartSettings = Field(default_factory=PartSettings)
+    # a row whose encoded input is larger is refused to the DLQ (unwritable_row)
+    max_row_bytes: int = Field(default=16 << 20, gt=0)
 
     _abs = field_validator("path")(_resolve)
 

@@ -4,6 +4,11 @@
 status 86 (``os._exit``: no cleanup, no flush, no transaction abort, like SIGKILL)
 the ``nth`` time (default 1) execution reaches ``crash_point(point)``. When the
 variable is unset, ``crash_point`` is a no-op function bound at import time.
+
+``LEDGERFLOW_FAULT_AT=point[:nth][,...]`` makes ``fault_point(point)`` return True the
+``nth`` time (default 1) it is reached; the caller then injects the fault named by the
+point (e.g. ``sink.db_commit_ack_lost``: the database committed, the client loses the
+connection before it reads the acknowledgement). Unset: a no-op returning False.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 
 CRASH_EXIT_CODE = 86
 ENV_VAR = "LEDGERFLOW_CRASH_AT"
+FAULT_ENV_VAR = "LEDGERFLOW_FAULT_AT"
 
 
 def _parse(spec: str) -> dict[str, int]:
@@ -46,4 +52,27 @@ def _make(spec: str | None) -> Callable[[str], None]:
     return crash
 
 
+def _make_fault(spec: str | None) -> Callable[[str], bool]:
+    if not spec:
+
+        def never(point: str) -> bool:
+            return False
+
+        return never
+    targets = _parse(spec)
+    hits: dict[str, int] = {}
+
+    def due(point: str) -> bool:
+        if point not in targets:
+            return False
+        hits[point] = hits.get(point, 0) + 1
+        if hits[point] != targets[point]:
+            return False
+        sys.stderr.write(f"ledgerflow: fault point {point} hit #{hits[point]}, injecting the fault\n")
+        return True
+
+    return due
+
+
 crash_point: Callable[[str], None] = _make(os.environ.get(ENV_VAR))
+fault_point: Callable[[str], bool] = _make_fault(os.environ.get(FAULT_ENV_VAR))

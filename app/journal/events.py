@@ -1,8 +1,7 @@
 """Journal event types and their codec (Avro JSON encoding: readable with kcat).
 
-Keys: ``source/<source>/<identity>``, ``sink/<sink>/<topic>/<partition>/<first offset>``,
-``run/<run id>``, ``recovery/...``. The latest event per key is the state (the topic
-is compacted).
+Keys come from ``app.journal.keys`` (``source/...``, ``sink/...``, ``run/...``,
+``recovery/...``); the latest event per key is the state (the topic is compacted).
 """
 
 from __future__ import annotations
@@ -48,18 +47,6 @@ class JournalEvent:
     checkpoint: Checkpoint | None
     part: PartInfo | None
     detail: dict[str, str] | None
-
-
-def checkpoint_key(source_id: str, identity: str) -> str:
-    return f"source/{source_id}/{identity}"
-
-
-def part_key(sink: str, topic: str, partition: int, first_offset: int) -> str:
-    return f"sink/{sink}/{topic}/{partition}/{first_offset}"
-
-
-def run_key(run_id: str) -> str:
-    return f"run/{run_id}"
 
 
 def _record(ev: JournalEvent) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any
 
 from app.journal.events import JournalEvent, decode_event
 from app.kafka.readers import read_topic_to_end
-from app.sources.base import Checkpoint
 
 log = logging.getLogger("ledgerflow.journal")
 
@@ -35,28 +34,3 @@ def load_journal(
         except Exception as exc:  # a foreign or corrupt record must not stop recovery
             log.error("journal %s offset %d: undecodable event for key %s: %s", topic, rec.offset, key, exc)
     return latest
-
-
-def source_checkpoints(events: Mapping[str, JournalEvent], source_id: str) -> dict[str, Checkpoint]:
-    prefix = f"source/{source_id}/"
-    return {
-        k: ev.checkpoint
-        for k, ev in events.items()
-        if k.startswith(prefix) and ev.kind == "source_checkpoint" and ev.checkpoint is not None
-    }
-
-
-def pending_parts(
-    events: Mapping[str, JournalEvent], sink: str, partitions: set[tuple[str, int]]
-) -> list[JournalEvent]:
-    """``part_committed`` events of ``sink`` on ``partitions`` not yet finalized, in offset order."""
-    out = [
-        ev
-        for k, ev in events.items()
-        if k.startswith(f"sink/{sink}/")
-        and ev.kind == "part_committed"
-        and ev.part is not None
-        and (ev.part.topic, ev.part.partition) in partitions
-    ]
-    out.sort(key=lambda ev: (ev.part.topic, ev.part.partition, ev.part.first_offset) if ev.part else ("", 0, 0))
-    return out

@@ -170,6 +170,15 @@ class TxnProducer:
     def flush(self, timeout: float = 30.0) -> int:
         return int(self._p.flush(timeout))
 
+    def close(self) -> None:
+        """Drop a producer that is no longer used (healing): queued records are purged,
+        nothing is waited for; its open transaction is aborted by the successor's init."""
+        try:
+            self._p.purge(in_queue=True, in_flight=True, blocking=False)
+            self._p.poll(0)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("producer %s close: %s", self.transactional_id, exc)
+
 
 class BatchConsumer:
     """read_committed consumer with manual offsets; commits happen only through a

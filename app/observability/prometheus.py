@@ -22,8 +22,8 @@ from prometheus_client.registry import Collector
 from app import __version__
 
 if TYPE_CHECKING:
-    from app.runtime.commit import Batch
-    from app.sinks.base import PreparedPart
+    from app.journal.events import PartInfo
+    from app.runtime.commit import CommitReport
 
 TP = tuple[str, int]
 
@@ -72,6 +72,15 @@ class PrometheusHooks:
         self.rows_in = Counter("ledgerflow_rows_in", "Input rows covered by committed transactions", labels, registry=r)
         self.rows_out = Counter("ledgerflow_rows_out", "Rows committed to outputs or sinks", labels, registry=r)
         self.dlq_rows = Counter("ledgerflow_dlq_rows", "Rows committed to the DLQ", [*labels, "reason"], registry=r)
+        self.filtered = Counter(
+            "ledgerflow_rows_filtered", "Input rows a transform step dropped, committed", [*labels, "step"], registry=r
+        )
+        self.reinits = Counter(
+            "ledgerflow_producer_reinit",
+            "Transactional producers re-created after a fence, timeout or lost state (no restart)",
+            [*labels, "reason"],
+            registry=r,
+        )
         self.txn = Counter("ledgerflow_transactions", "Transactions by outcome", [*labels, "outcome"], registry=r)
         self.commit_seconds = Histogram(
             "ledgerflow_commit_seconds",
@@ -120,23 +129,25 @@ class PrometheusHooks:
         """Built, and every consuming runner got its first assignment (recovery runs inside it)."""
         return self.built and self.expect_assignment <= self.assigned
 
-    def on_commit(self, stage: str, name: str, batch: Batch, seconds: float) -> None:
+    def on_commit(self, report: CommitReport) -> None:
+        stage, name = report.stage, report.name
         lab = (self.pipeline, stage, name)
-        out = sum(len(o.values) for o in batch.outputs) + sum(p.rows for p in batch.parts) + batch.rows_written
-        self.rows_in.labels(*lab).inc(batch.rows_in)
-        self.rows_out.labels(*lab).inc(out)
-        for reason, n in batch.dlq_reasons.items():
+        self.rows_in.labels(*lab).inc(report.rows_in)
+        self.rows_out.labels(*lab).inc(report.rows_out)
+        for reason, n in report.dlq.items():
             self.dlq_rows.labels(*lab, reason).inc(n)
+        for step, n in report.filtered.items():
+            self.filtered.labels(*lab, step).inc(n)
         self.txn.labels(*lab, "committed").inc()
-        self.commit_seconds.labels(*lab).observe(seconds)
-        self.batch_rows.labels(*lab).observe(batch.rows_in)
-        if batch.parts:
-            self.parts.labels(*lab, "committed").inc(len(batch.parts))
+        self.commit_seconds.labels(*lab).observe(report.seconds)
+        self.batch_rows.labels(*lab).observe(report.rows_in)
+        if report.parts:
+            self.parts.labels(*lab, "committed").inc(report.parts)
         now = time.monotonic()
         with self.lock:
-            for topic, part, _off in batch.offsets:
+            for topic, part, _off in report.offsets:
                 self.last_commit[(stage, name, topic, str(part))] = now
-            if stage == "source" and batch.journal:
+            if report.checkpoints:
                 self.last_commit[(stage, name, "", "")] = now
 
     def on_abort(self, stage: str, name: str, reason: str) -> None:
@@ -145,7 +156,7 @@ class PrometheusHooks:
     def on_fenced(self, stage: str, name: str) -> None:
         self.txn.labels(self.pipeline, stage, name, "fenced").inc()
 
-    def on_part_finalized(self, stage: str, name: str, part: PreparedPart) -> None:
+    def on_part_finalized(self, stage: str, name: str, part: PartInfo) -> None:
         self.parts.labels(self.pipeline, stage, name, "finalized").inc()
 
     def on_rebalance(self, stage: str, name: str, kind: str, partitions: int) -> None:
@@ -176,6 +187,13 @@ class PrometheusHooks:
 
     def on_assigned(self, stage: str, name: str) -> None:
         self.assigned.add((stage, name))
+
+    def on_unready(self, stage: str, name: str) -> None:
+        """Healing a lost producer: not ready until it is back (``on_assigned``)."""
+        self.assigned.discard((stage, name))
+
+    def on_producer_reinit(self, stage: str, name: str, reason: str) -> None:
+        self.reinits.labels(self.pipeline, stage, name, reason).inc()
 
     def on_restore(self, stage: str, name: str, partition: int, applied: int, remaining: int) -> None:
         if applied:

@@ -1,75 +1,113 @@
-"""The commit seam: the one place that decides the order of durability steps.
+"""The commit seam: the one place that orders durability steps, for every stage.
 
-Every runner (source, transform, sink) ends a batch by handing a ``Batch`` to
-``CommitSeam.commit``. The order, for every runner:
+Runners decide only *what* goes into a batch; the seam decides in which order it
+becomes durable. Two entry points share one Kafka transaction path:
 
-0. transactional sinks only (PostgreSQL): the sink's own transaction commits
-   rows + its stored offsets: THE commit point for them
-                                                            -> ``sink.db_after_commit_before_kafka``
-1. two-phase sinks: the part is already prepared (staged + fsynced) by the caller:
-   that is the sink's acknowledgement                      -> ``sink.after_prepare``
-2. begin the Kafka transaction
-3. produce output records, state changelog records (stateful transforms), DLQ
-   records and journal events (checkpoints, ``part_committed``, ``part_finalized``
-   left over from earlier batches)
-        -> ``<stage>.after_produce``, ``state.after_changelog_before_commit``, ``journal.after_write``
-4. ``send_offsets_to_transaction`` with *fresh* group metadata (KIP-447 fencing)
-                                                            -> ``<stage>.before_commit``
-5. commit the transaction: THE COMMIT POINT                 -> ``<stage>.after_commit``
-6. stateful transforms: the local state stores apply the committed changes and the
-   changelog offset they reach                  -> ``state.after_commit_before_local_write``
-7. metrics hooks move (row counters never move before 5: invariant I4)
-8. finalize parts (atomic rename, fsync dir)                -> ``sink.after_finalize``;
-   their ``part_finalized`` events ride in the next transaction.
+``commit(batch)`` — sources and transforms::
+
+    1 begin                                                        (one transaction per batch)
+    2 produce outputs                                              -> <stage>.after_produce
+    3 produce state changelog records                              -> state.after_changelog_before_commit
+    4 produce DLQ records, journal events (checkpoints, queued part_finalized)
+                                                                   -> journal.after_write
+    5 send_offsets_to_transaction with fresh group metadata (KIP-447) -> <stage>.before_commit
+    6 commit: THE COMMIT POINT                                     -> <stage>.after_commit
+    7 stateful transforms: local stores apply the committed changes -> state.after_commit_before_local_write
+    8 hooks receive the ``CommitReport`` (counters move only now: I4)
+
+``commit_parts(parts)`` — sinks, through the ``app.sinks.base.Sink`` protocol::
+
+    1 sink.prepare(part) for every part (two-phase: staged + fsynced = the ack)
+                                                                   -> sink.after_prepare
+    2 transactional sinks: sink.commit_external(prepared): THEIR commit point
+                                                                   -> sink.db_after_commit_before_kafka
+    3 rows the sink refused (prepare or external commit) and rows that could not be
+      decoded become DLQ records of this same transaction (I7)
+    4-6 as above: part_committed + DLQ + offsets just past each part (I2);
+        for two-phase sinks step 6 is THE COMMIT POINT
+    7 hooks receive the ``CommitReport``
+    8 two-phase sinks: sink.finalize(part) -> sink.after_finalize;
+      its ``part_finalized`` rides in the next transaction (I3)
+
+``recover_parts(...)`` runs a sink's ``RecoveryPlan`` on assignment in a fixed order:
+finalize committed parts, remove unreferenced staging, then one transaction with the
+``part_finalized`` events, the reconciliation DLQ records and offsets.
 
 Failures: a retriable error retries the same call; an abortable one aborts the
-transaction, discards prepared parts (they never become visible) and raises
-``BatchAborted`` so the runner rewinds its input to the last committed position; a
-fatal or fenced one raises ``WorkerFenced``: the worker must stop, because another
-instance owns its work now (invariant I5).
+transaction and raises ``BatchAborted`` (prepared parts are discarded: they never
+become visible) so the runner rewinds. A producer that is fenced, timed out or in an
+unknown state raises ``ProducerLost``: nothing is discarded (the outcome of a failed
+commit is unknown), and the runner decides from facts whether another live instance
+owns its work (``WorkerFenced``: stop) or the producer is re-created and the stage
+rewinds and recovers (``app.runtime.healing``). A refused compare-and-set of a
+transactional sink (``SinkFenced``) aborts the batch with ``external_committed`` set
+when earlier parts already committed in the sink.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from app.codecs.tokens import SCHEMA_HEADER
 from app.faults import crash_point
-from app.journal.events import JournalEvent, PartInfo, encode_event, part_key
-from app.journal.writer import Correlation, part_event
+from app.journal.events import JournalEvent, PartInfo, encode_event
+from app.journal.keys import part_key, recovery_key
+from app.journal.writer import Correlation, info_event, part_event
 from app.kafka.clients import BatchConsumer, Headers, TxnProducer
-from app.kafka.errors import (
-    AbortableKafkaError,
-    FatalKafkaError,
-    LedgerKafkaError,
-    RetriableKafkaError,
-)
+from app.kafka.errors import AbortableKafkaError, FatalKafkaError, LedgerKafkaError, RetriableKafkaError
 from app.observability.hooks import Hooks, NullHooks
-from app.sinks.base import PartWriter, PreparedPart
+from app.sinks.base import Chunk, Outcome, Prepared, RecoveryPlan, Sink, SinkFenced
 
 log = logging.getLogger("ledgerflow.seam")
 T = TypeVar("T")
 
 MAX_RETRIES = 5
+Offsets = list[tuple[str, int, int]]  # (topic, partition, next offset)
 
 
 class BatchAborted(Exception):
     """The Kafka transaction was aborted; nothing of it is visible. Rewind and go on.
 
-    ``external_committed`` says the sink's own commit (step 0) had already happened:
-    the sink's stored offsets are then ahead of Kafka and the runner reconciles."""
+    ``external_committed`` says a transactional sink had already committed (some of)
+    the batch itself: its stored offsets are ahead of Kafka and recovery reconciles."""
 
     def __init__(self, message: str, external_committed: bool = False) -> None:
         super().__init__(message)
         self.external_committed = external_committed
 
 
+class ProducerLost(Exception):
+    """The transactional producer is unusable (fenced, timed out, fatal). Nothing was
+    discarded: whether the last transaction committed is for recovery to find out."""
+
+    def __init__(self, message: str, reason: str, operation: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # fenced | timed_out | fatal
+        self.operation = operation
+
+
 class WorkerFenced(Exception):
-    """Another instance owns this work now (or the producer is unusable): stop."""
+    """Another live instance owns this work now: the worker must stop (I5)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitReport:
+    """What one committed transaction did; the only thing hooks and metrics see."""
+
+    stage: str
+    name: str
+    rows_in: int
+    rows_out: int
+    dlq: Mapping[str, int]  # reason class -> rows
+    parts: int
+    offsets: tuple[tuple[str, int, int], ...]
+    checkpoints: int
+    filtered: Mapping[str, int]  # transform step -> rows it dropped
+    seconds: float
 
 
 @dataclass(slots=True)
@@ -89,27 +127,36 @@ class TopicRecords:
 
 @dataclass(slots=True)
 class Batch:
-    """Everything one transaction commits. Counts feed metrics after the commit point."""
+    """What a source or transform hands the seam: everything one transaction commits."""
 
     outputs: list[TopicRecords] = field(default_factory=list)
     dlq: list[bytes] = field(default_factory=list)
-    journal: list[JournalEvent] = field(default_factory=list)  # checkpoints, part events
-    offsets: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, next offset)
-    parts: list[PreparedPart] = field(default_factory=list)
-    changelog: list[TopicRecords] = field(default_factory=list)  # state changes (stateful transforms)
-    # stateful transforms: apply the committed changes to the local stores (after the commit point)
-    after_commit: Callable[[], None] | None = None
+    dlq_reasons: dict[str, int] = field(default_factory=dict)  # reason class -> rows
+    journal: list[JournalEvent] = field(default_factory=list)
+    offsets: Offsets = field(default_factory=list)
+    changelog: list[TopicRecords] = field(default_factory=list)
+    after_commit: Callable[[], None] | None = None  # stateful: apply committed changes locally
     rows_in: int = 0
-    rows_written: int = 0  # rows a transactional sink committed (metrics only)
-    dlq_reasons: dict[str, int] = field(default_factory=dict)  # reason class -> rows (metrics)
-    # transactional sinks: the sink's own commit (the commit point); returns DLQ records
-    external: Callable[[], list[bytes]] | None = None
+    filtered: dict[str, int] = field(default_factory=dict)
+
+
+class SinkInput(Protocol):
+    """A part as a sink runner hands it over: ``app.sinks.base.PartRows`` plus what the
+    seam needs to dead-letter rows (the sink itself never sees input records)."""
 
     @property
-    def empty(self) -> bool:
-        return not (
-            self.outputs or self.changelog or self.dlq or self.journal or self.offsets or self.parts or self.external
-        )
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def first_offset(self) -> int: ...
+    @property
+    def last_offset(self) -> int: ...
+    @property
+    def records_in(self) -> int: ...
+    def chunks(self) -> Iterator[Chunk]: ...
+    def undecodable(self) -> list[tuple[str, bytes]]: ...
+    def dead_letter(self, offset: int, reason: str, message: str) -> bytes: ...
 
 
 class CommitSeam:
@@ -125,7 +172,7 @@ class CommitSeam:
         journal_topic: str,
         dlq_topic: str,
         consumer: BatchConsumer | None = None,
-        writer: PartWriter | None = None,
+        sink: Sink | None = None,
         hooks: Hooks | None = None,
     ) -> None:
         self.stage = stage
@@ -135,136 +182,258 @@ class CommitSeam:
         self.journal_topic = journal_topic
         self.dlq_topic = dlq_topic
         self.consumer = consumer
-        self.writer = writer
+        self.sink = sink
         self.hooks: Hooks = hooks or NullHooks()
-        self._pending_finalized: list[JournalEvent] = []
-        self._dlq_header: Headers | None = None
+        self._pending: list[JournalEvent] = []  # part_finalized, run events: next transaction
+        self._dlq_header: Headers = [(SCHEMA_HEADER, _dlq_fingerprint())]
 
     def init(self) -> None:
         """Register the transactional id (fences older instances, aborts their open txn)."""
         self._call("init", self.producer.init)
 
-    def queue_finalized(self, events: list[JournalEvent]) -> None:
-        """``part_finalized`` events to write in the next transaction (recovery uses this)."""
-        self._pending_finalized.extend(events)
+    def replace_producer(self, producer: TxnProducer) -> None:
+        """Use a new producer (healing); the old one is closed without waiting."""
+        old, self.producer = self.producer, producer
+        old.close()
+
+    def queue(self, events: Sequence[JournalEvent]) -> None:
+        """Journal events to write in the next transaction."""
+        self._pending.extend(events)
 
     @property
     def has_pending(self) -> bool:
-        return bool(self._pending_finalized)
+        return bool(self._pending)
 
-    # -- the protocol ------------------------------------------------------------
-    def commit(self, batch: Batch) -> None:
-        """Commit ``batch`` atomically, then finalize its parts. See the module docstring."""
-        if batch.empty and not self._pending_finalized:
-            return
-        stage = self.stage
-        if batch.parts:
-            crash_point("sink.after_prepare")
+    # -- sources and transforms ----------------------------------------------------
+    def commit(self, batch: Batch) -> CommitReport | None:
+        """Commit ``batch`` atomically (see the module docstring); None if there was nothing."""
+        empty = not (batch.outputs or batch.changelog or batch.dlq or batch.journal or batch.offsets)
+        if empty and not self._pending:
+            return None
         started = time.perf_counter()
-        dlq = batch.dlq
-        if batch.external is not None:
-            # transactional sink (PostgreSQL): ITS commit is the commit point; the Kafka
-            # transaction below only records it (journal + offsets + DLQ).
-            dlq = [*dlq, *batch.external()]
-            crash_point("sink.db_after_commit_before_kafka")
-        journal = list(self._pending_finalized)
-        journal.extend(batch.journal)
-        part_events = [self._part_event("part_committed", p) for p in batch.parts]
-        journal.extend(part_events)
-        self.hooks.on_txn_open(self.stage, self.name, True)
-        try:
-            self._call("begin", self.producer.begin)
-            for out in batch.outputs:
-                self.producer.produce_batch(out.topic, out.values, out.keys, out.headers)
-            crash_point(f"{stage}.after_produce")
-            for cl in batch.changelog:
-                self.producer.produce_batch(cl.topic, cl.values, cl.keys, partition=cl.partition, on_last=cl.on_last)
-            if batch.changelog:
-                crash_point("state.after_changelog_before_commit")
-            for value in dlq:
-                self.producer.produce(self.dlq_topic, value, None, self._dlq_headers())
-            for ev in journal:
-                self.producer.produce(self.journal_topic, encode_event(ev), ev.key.encode())
-            crash_point("journal.after_write")
-            if batch.offsets:
-                if self.consumer is None:
-                    raise RuntimeError("offsets in a batch of a runner without a consumer")
-                consumer = self.consumer
-                self._call("send_offsets", lambda: self.producer.send_offsets(batch.offsets, consumer))
-            crash_point(f"{stage}.before_commit")
-            self._call("commit", self.producer.commit)  # ---- THE COMMIT POINT ----
-        except (AbortableKafkaError, RetriableKafkaError) as exc:
-            self._abort(batch, exc)
-            raise BatchAborted(str(exc), external_committed=batch.external is not None) from exc
-        finally:
-            self.hooks.on_txn_open(self.stage, self.name, False)
-        crash_point(f"{stage}.after_commit")
-        self._pending_finalized.clear()
+        self._transact(batch.outputs, batch.changelog, batch.dlq, batch.journal, batch.offsets)
         if batch.after_commit is not None:
             self.producer.serve_callbacks()  # delivery reports carry the changelog offsets
             crash_point("state.after_commit_before_local_write")
             batch.after_commit()
-        self.hooks.on_commit(self.stage, self.name, batch, time.perf_counter() - started)
-        if batch.parts:
-            crash_point("sink.after_commit_before_finalize")
-            self._finalize(batch.parts)
-
-    def _finalize(self, parts: list[PreparedPart]) -> None:
-        assert self.writer is not None
-        for part in parts:
-            self.writer.finalize(part)
-            crash_point("sink.after_finalize")
-            self._pending_finalized.append(self._part_event("part_finalized", part))
-            self.hooks.on_part_finalized(self.stage, self.name, part)
-
-    def _part_event(self, kind: str, part: PreparedPart) -> JournalEvent:
-        info = PartInfo(
-            sink=part.sink,
-            topic=part.topic,
-            partition=part.partition,
-            first_offset=part.first_offset,
-            last_offset=part.last_offset,
-            rows=part.rows,
-            bytes=part.bytes,
-            checksum=part.checksum,
-            staging_path=part.staging_path,
-            final_path=part.final_path,
+        report = CommitReport(
+            stage=self.stage,
+            name=self.name,
+            rows_in=batch.rows_in,
+            rows_out=sum(len(o.values) for o in batch.outputs),
+            dlq=dict(batch.dlq_reasons),
+            parts=0,
+            offsets=tuple(batch.offsets),
+            checkpoints=sum(1 for ev in batch.journal if ev.kind == "source_checkpoint"),
+            filtered=dict(batch.filtered),
+            seconds=time.perf_counter() - started,
         )
-        key = part_key(part.sink, part.topic, part.partition, part.first_offset)
-        return part_event(self.corr, kind, key, info)
+        self.hooks.on_commit(report)
+        return report
 
-    def _dlq_headers(self) -> Headers | None:
-        if self._dlq_header is None:
-            from app.codecs.dlq import DLQ_FINGERPRINT
+    # -- sinks -------------------------------------------------------------------------
+    def commit_parts(self, parts: Sequence[SinkInput]) -> CommitReport:
+        """Prepare, commit and finalize ``parts`` through the sink protocol, in order."""
+        sink = self._sink()
+        started = time.perf_counter()
+        prepared: list[Prepared] = []
+        try:
+            for part in parts:
+                prepared.append(sink.prepare(part))  # 1 the sink's acknowledgement
+        except BaseException:
+            self._discard(prepared)
+            raise
+        crash_point("sink.after_prepare")
+        outcomes: list[Outcome] = []
+        if sink.external:
+            try:
+                for p in prepared:
+                    outcomes.append(sink.commit_external(p))  # 2 a transactional sink's commit point
+            except SinkFenced as exc:
+                self.hooks.on_fenced(self.stage, self.name)
+                raise BatchAborted(str(exc), external_committed=bool(outcomes)) from exc
+            crash_point("sink.db_after_commit_before_kafka")
+        else:
+            outcomes = [sink.commit_external(p) for p in prepared]
+        dlq: list[bytes] = []
+        reasons: dict[str, int] = {}
+        journal: list[JournalEvent] = []
+        committed: list[PartInfo] = []
+        for part, p, out in zip(parts, prepared, outcomes, strict=True):
+            for reason, record in part.undecodable():
+                dlq.append(record)
+                reasons[reason] = reasons.get(reason, 0) + 1
+            for r in (*p.rejects, *out.rejects):  # 3 refused rows: DLQ in this transaction
+                dlq.append(part.dead_letter(r.offset, r.reason, r.message))
+                reasons[r.reason] = reasons.get(r.reason, 0) + 1
+            if sink.two_phase and out.info.rows == 0:
+                sink.discard(p)  # nothing to make visible (every row refused or undecodable)
+                continue
+            committed.append(out.info)
+            journal.append(self._part_event("part_committed", out.info))
+        offsets = [(part.topic, part.partition, part.last_offset + 1) for part in parts]
+        try:
+            self._transact([], [], dlq, journal, offsets)  # 4-6
+        except BatchAborted as exc:
+            if sink.two_phase:
+                self._discard(prepared)
+            raise BatchAborted(str(exc), external_committed=sink.external) from exc
+        report = CommitReport(
+            stage=self.stage,
+            name=self.name,
+            rows_in=sum(part.records_in for part in parts),
+            rows_out=sum(info.rows for info in committed),
+            dlq=reasons,
+            parts=len(committed),
+            offsets=tuple(offsets),
+            checkpoints=0,
+            filtered={},
+            seconds=time.perf_counter() - started,
+        )
+        self.hooks.on_commit(report)  # 7
+        if sink.two_phase:
+            crash_point("sink.after_commit_before_finalize")
+            self._finalize(committed)  # 8
+        return report
 
-            self._dlq_header = [(SCHEMA_HEADER, DLQ_FINGERPRINT)]
-        return self._dlq_header
+    def recover_parts(
+        self, plan: RecoveryPlan, reconcile_dlq: Callable[[str, int, int, int, Mapping[int, str]], list[bytes]]
+    ) -> None:
+        """Carry out a sink's recovery plan: finalize committed parts (idempotent), remove
+        staging no committed part names, then record it all in one Kafka transaction."""
+        sink = self._sink()
+        for info in plan.finalize:
+            renamed = sink.finalize(info)
+            self.hooks.on_recovery(self.stage, self.name, "finalized" if renamed else "already_final")
+            self._pending.append(self._part_event("part_finalized", info))
+        dlq: list[bytes] = []
+        offsets: Offsets = []
+        journal: list[JournalEvent] = []
+        for location in plan.discard:
+            sink.remove_staging(location)
+        self.hooks.on_staging_leftovers(self.stage, self.name, len(plan.discard))
+        if plan.discard:
+            self.hooks.on_recovery(self.stage, self.name, "staging_discarded")
+            detail = {"staging_discarded": str(len(plan.discard))}
+            journal.append(info_event(self.corr, "recovery", recovery_key(self.name, plan.discard_topic), detail))
+        for rc in plan.reconcile:
+            rejects = rc.rejects
+            dlq.extend(reconcile_dlq(rc.topic, rc.partition, rc.start, rc.end, rejects))
+            offsets.append((rc.topic, rc.partition, rc.end))
+            detail = {
+                "action": "reconciled_from_db",
+                "topic": rc.topic,
+                "partition": str(rc.partition),
+                "from": str(rc.start),
+                "to": str(rc.end),
+                "rejects": str(len(rejects)),
+            }
+            journal.append(info_event(self.corr, "recovery", recovery_key(self.name, rc.topic, rc.partition), detail))
+            self.hooks.on_recovery(self.stage, self.name, "reconciled_from_db")
+            log.warning(
+                "sink %s: %s/%d: Kafka lagged the sink (%d < %d); reconciled",
+                self.name,
+                rc.topic,
+                rc.partition,
+                rc.start,
+                rc.end,
+            )
+        if dlq or offsets or journal or self._pending:
+            self._transact([], [], dlq, journal, offsets)
 
-    def _abort(self, batch: Batch, cause: LedgerKafkaError) -> None:
+    def _finalize(self, parts: Sequence[PartInfo]) -> None:
+        sink = self._sink()
+        for info in parts:
+            sink.finalize(info)
+            crash_point("sink.after_finalize")
+            self._pending.append(self._part_event("part_finalized", info))
+            self.hooks.on_part_finalized(self.stage, self.name, info)
+
+    def _discard(self, prepared: Sequence[Prepared]) -> None:
+        sink = self._sink()
+        for p in prepared:
+            sink.discard(p)
+
+    def _sink(self) -> Sink:
+        if self.sink is None:
+            raise RuntimeError(f"{self.stage} {self.name}: sink protocol used on a seam without a sink")
+        return self.sink
+
+    def _part_event(self, kind: str, info: PartInfo) -> JournalEvent:
+        return part_event(self.corr, kind, part_key(info.sink, info.topic, info.partition, info.first_offset), info)
+
+    # -- the one transaction path ---------------------------------------------------
+    def _transact(
+        self,
+        outputs: Sequence[TopicRecords],
+        changelog: Sequence[TopicRecords],
+        dlq: Sequence[bytes],
+        journal: Sequence[JournalEvent],
+        offsets: Offsets,
+    ) -> None:
+        stage, producer = self.stage, self.producer
+        events = [*self._pending, *journal]
+        self.hooks.on_txn_open(stage, self.name, True)
+        try:
+            self._call("begin", producer.begin)
+            for out in outputs:
+                producer.produce_batch(out.topic, out.values, out.keys, out.headers)
+            crash_point(f"{stage}.after_produce")
+            for cl in changelog:
+                producer.produce_batch(cl.topic, cl.values, cl.keys, partition=cl.partition, on_last=cl.on_last)
+            if changelog:
+                crash_point("state.after_changelog_before_commit")
+            for value in dlq:
+                producer.produce(self.dlq_topic, value, None, self._dlq_header)
+            for ev in events:
+                producer.produce(self.journal_topic, encode_event(ev), ev.key.encode())
+            crash_point("journal.after_write")
+            if offsets:
+                consumer = self.consumer
+                if consumer is None:
+                    raise RuntimeError(f"{stage} {self.name}: offsets in a batch of a runner without a consumer")
+                self._call("send_offsets", lambda: producer.send_offsets(offsets, consumer))
+            crash_point(f"{stage}.before_commit")
+            self._call("commit", producer.commit)  # ---- THE COMMIT POINT ----
+        except (AbortableKafkaError, RetriableKafkaError) as exc:
+            self._abort(exc)
+            raise BatchAborted(str(exc)) from exc
+        finally:
+            self.hooks.on_txn_open(stage, self.name, False)
+        crash_point(f"{stage}.after_commit")
+        self._pending.clear()
+
+    def _abort(self, cause: LedgerKafkaError) -> None:
+        """Abort the open transaction; raises ``ProducerLost`` when even that fails."""
         log.warning("%s %s: aborting transaction after %s", self.stage, self.name, cause)
+        self.hooks.on_abort(self.stage, self.name, str(cause.name))
         try:
             self._call("abort", self.producer.abort)
-        finally:
-            if self.writer is not None:
-                for part in batch.parts:
-                    self.writer.discard(part)
-            self.hooks.on_abort(self.stage, self.name, str(cause.name))
+        except RetriableKafkaError as exc:
+            raise ProducerLost(self._lost_message("abort", exc), "timed_out", "abort") from exc
+
+    def _lost_message(self, op: str, exc: Exception) -> str:
+        tid = self.producer.transactional_id
+        return f"{self.stage} {self.name} (transactional.id {tid}): producer lost during {op}: {exc}"
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
-        """Run one producer call: retry retriable errors, translate fatal ones."""
+        """Run one producer call: retry retriable errors, report an unusable producer."""
         for attempt in range(1, MAX_RETRIES + 1):
             try:
                 return fn()
             except RetriableKafkaError as exc:
                 if attempt == MAX_RETRIES:
+                    if op in ("commit", "init"):  # the outcome is unknown: heal, never guess
+                        raise ProducerLost(self._lost_message(op, exc), "timed_out", op) from exc
                     raise
                 log.warning("%s %s: %s failed (%s), retry %d", self.stage, self.name, op, exc, attempt)
                 time.sleep(min(0.1 * 2**attempt, 2.0))
             except FatalKafkaError as exc:
-                self.hooks.on_fenced(self.stage, self.name)
-                why = "fenced by a newer instance" if exc.fenced else "fatal producer error"
-                raise WorkerFenced(
-                    f"{self.stage} {self.name} (transactional.id {self.producer.transactional_id}): "
-                    f"{why} during {op}: {exc}"
-                ) from exc
+                raise ProducerLost(self._lost_message(op, exc), "fenced" if exc.fenced else "fatal", op) from exc
         raise AssertionError("unreachable")
+
+
+def _dlq_fingerprint() -> bytes:
+    from app.codecs.dlq import DLQ_FINGERPRINT
+
+    return DLQ_FINGERPRINT

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from app.codecs.dlq import encode_dlq
 from app.codecs.tokens import TokenCodec
-from app.journal.reader import load_journal, source_checkpoints
+from app.journal.events import JournalEvent
+from app.journal.reader import load_journal
+from app.journal.view import source_checkpoints
 from app.journal.writer import checkpoint_event
 from app.kafka.clients import TxnProducer
 from app.observability.hooks import Hooks
-from app.runtime.commit import Batch, BatchAborted, CommitSeam, TopicRecords
+from app.runtime.commit import Batch, BatchAborted, CommitSeam, ProducerLost, TopicRecords
+from app.runtime.healing import Healer, run_started
 from app.runtime.stage import Progress, StageContext
 from app.sources.base import Checkpoint, DeadLetter, Source
 from app.tokens import Token
@@ -36,7 +40,6 @@ class SourceRunner:
         source: Source,
         topic: str,
         hooks: Hooks,
-        tick: object = None,
     ) -> None:
         self.ctx = ctx
         self.name = name
@@ -44,86 +47,110 @@ class SourceRunner:
         self.topic = topic
         self.codec = TokenCodec()
         self.progress = Progress()
-        producer = TxnProducer(
-            ctx.bootstrap,
-            f"ledgerflow.{ctx.corr.pipeline}.source.{name}",
-            transaction_timeout_ms=ctx.transaction_timeout_ms,
-            extra=ctx.kafka_extra,
-        )
         self.seam = CommitSeam(
             stage="source",
             name=name,
-            producer=producer,
+            producer=self._new_producer(),
             corr=ctx.corr,
             journal_topic=ctx.journal_topic,
             dlq_topic=ctx.dlq_topic,
             hooks=hooks,
         )
+        self.healer = Healer(self.seam, self._new_producer, self._journal, hooks, ctx.stop.is_set, any_worker=True)
         self.committed: dict[str, Checkpoint] = {}
 
+    def _new_producer(self) -> TxnProducer:
+        ctx = self.ctx
+        return TxnProducer(
+            ctx.bootstrap,
+            f"ledgerflow.{ctx.corr.pipeline}.source.{self.name}",
+            transaction_timeout_ms=ctx.transaction_timeout_ms,
+            extra=ctx.kafka_extra,
+        )
+
+    def _journal(self) -> Mapping[str, JournalEvent]:
+        return load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
+
     def recover(self) -> None:
-        self.seam.init()
-        events = load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
-        self.committed = source_checkpoints(events, self.name)
+        """Restore the committed checkpoints (read only after ``init``: those are final)."""
+        self.committed = source_checkpoints(self._journal(), self.name)
         self.source.restore(self.committed)
         log.info("source %s: restored %d checkpoint(s)", self.name, len(self.committed))
 
     def run(self) -> None:
+        self.seam.init()
+        self.seam.queue([run_started(self.ctx.corr, self.name, self.healer.started_ms)])
         self.recover()
+        try:
+            while not self.ctx.stop.is_set():
+                try:
+                    if self._step():
+                        return
+                except ProducerLost as lost:
+                    self.healer.heal(lost)
+                    self.recover()
+        finally:
+            self.source.close()
+
+    def _step(self) -> bool:
         ctx = self.ctx
         header = [self.codec.header]
-        while not ctx.stop.is_set():
-            deadline = time.monotonic() + ctx.interval_s
-            tokens: list[Token] = []
-            dead: list[DeadLetter] = []
-            cps: dict[str, Checkpoint] = {}
-            exhausted = False
-            while len(tokens) + len(dead) < ctx.max_rows and time.monotonic() < deadline:
-                got = self.source.poll(ctx.max_rows - len(tokens) - len(dead))
-                tokens.extend(got.tokens)
-                dead.extend(got.dead_letters)
-                for cp in got.checkpoints:
-                    cps[cp.key] = cp
-                exhausted = got.exhausted
-                if exhausted or not (got.tokens or got.dead_letters or got.checkpoints):
-                    break
-            if not cps:
-                if exhausted and ctx.exit_when_done:
-                    log.info("source %s: input exhausted", self.name)
-                    return
-                time.sleep(min(ctx.interval_s, 0.05))
-                continue
-            keys = [(t["key"] or t["token_id"]).encode() for t in tokens]
-            batch = Batch(
-                outputs=[TopicRecords(self.topic, self.codec.encode_many(tokens), list(keys), header)],
-                dlq=[
-                    encode_dlq(
-                        pipeline=ctx.corr.pipeline,
-                        stage=f"source/{self.name}",
-                        error_class=d.reason_class,
-                        error_message=d.message,
-                        original_key=None,
-                        original_value=d.raw,
-                        original_headers=[],
-                        origin=d.origin,
-                    )
-                    for d in dead
-                ],
-                journal=[checkpoint_event(ctx.corr, cp) for cp in cps.values()],
-                rows_in=len(tokens) + len(dead),
-                dlq_reasons={r: sum(1 for d in dead if d.reason_class == r) for r in {d.reason_class for d in dead}},
-            )
-            try:
-                self.seam.commit(batch)
-            except BatchAborted:
-                self.progress.aborts += 1
-                self.source.restore(self.committed)
-                continue
-            self.committed.update(cps)
-            self.progress.rows_in += batch.rows_in
-            self.progress.rows_out += len(tokens)
-            self.progress.dlq += len(dead)
+        deadline = time.monotonic() + ctx.interval_s
+        tokens: list[Token] = []
+        dead: list[DeadLetter] = []
+        cps: dict[str, Checkpoint] = {}
+        exhausted = False
+        while len(tokens) + len(dead) < ctx.max_rows and time.monotonic() < deadline:
+            got = self.source.poll(ctx.max_rows - len(tokens) - len(dead))
+            tokens.extend(got.tokens)
+            dead.extend(got.dead_letters)
+            for cp in got.checkpoints:
+                cps[cp.key] = cp
+            exhausted = got.exhausted
+            if exhausted or not (got.tokens or got.dead_letters or got.checkpoints):
+                break
+        if not cps:
+            if exhausted and ctx.exit_when_done:
+                log.info("source %s: input exhausted", self.name)
+                if self.seam.has_pending:
+                    self.seam.commit(Batch())
+                return True
+            time.sleep(min(ctx.interval_s, 0.05))
+            return False
+        keys = [(t["key"] or t["token_id"]).encode() for t in tokens]
+        reasons: dict[str, int] = {}
+        for d in dead:
+            reasons[d.reason_class] = reasons.get(d.reason_class, 0) + 1
+        batch = Batch(
+            outputs=[TopicRecords(self.topic, self.codec.encode_many(tokens), list(keys), header)],
+            dlq=[
+                encode_dlq(
+                    pipeline=ctx.corr.pipeline,
+                    stage=f"source/{self.name}",
+                    error_class=d.reason_class,
+                    error_message=d.message,
+                    original_key=None,
+                    original_value=d.raw,
+                    original_headers=[],
+                    origin=d.origin,
+                )
+                for d in dead
+            ],
+            dlq_reasons=reasons,
+            journal=[checkpoint_event(ctx.corr, cp) for cp in cps.values()],
+            rows_in=len(tokens) + len(dead),
+        )
+        try:
+            report = self.seam.commit(batch)
+        except BatchAborted:
+            self.progress.aborts += 1
+            self.source.restore(self.committed)
+            return False
+        self.committed.update(cps)
+        self.healer.committed()
+        if report is not None:
+            self.progress.rows_in += report.rows_in
+            self.progress.rows_out += report.rows_out
+            self.progress.dlq += sum(report.dlq.values())
             self.progress.commits += 1
-
-    def close(self) -> None:
-        self.source.close()
+        return False

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.codecs.decoders import Decoder, external_decoder, token_decoder
 from app.codecs.external import make_external_decoder
 from app.codecs.tokens import TokenCodec
 from app.config.pipeline import AggregateOp, DedupeOp, PipelineSpec, PostgresSink, Transform, resolve_bootstrap
@@ -39,8 +40,10 @@ from app.runtime.commit import WorkerFenced
 from app.runtime.sink_runner import PartLimits, SinkRunner
 from app.runtime.source_runner import SourceRunner
 from app.runtime.stage import Progress, StageContext
-from app.runtime.transform_runner import Decoder, TransformRunner, external_decoder, token_decoder
-from app.sinks.files import FilePartWriter
+from app.runtime.transform_runner import TransformRunner
+from app.sinks.base import Sink
+from app.sinks.files import FileSink
+from app.sinks.pg_sink import PostgresSink as PgSink
 from app.sinks.postgres import Column, PostgresWriter
 from app.sources.base import Source
 from app.sources.file_tail import FileTailSource
@@ -254,7 +257,9 @@ class Supervisor:
                 )
         if want("transform"):
             for tr in spec.transforms:
-                chain = compile_chain(tr.name, _steps(tr), tr.output)
+                chain = compile_chain(
+                    tr.name, _steps(tr), tr.output, [f"{tr.name}.{i}:{st.kind}" for i, st in enumerate(tr.steps)]
+                )
                 state: StateManager | None = None
                 if tr.stateful is not None:
                     cl_topic = changelog_topic(spec.pipeline, tr.store_name)
@@ -283,8 +288,7 @@ class Supervisor:
         if want("sink"):
             for sk in spec.sinks:
                 limits = PartLimits(sk.part.max_rows, sk.part.max_bytes, sk.part.max_age_ms / 1000)
-                writer: FilePartWriter | None = None
-                db: PostgresWriter | None = None
+                sink: Sink
                 if isinstance(sk, PostgresSink):
                     db = PostgresWriter(
                         sk.name,
@@ -297,17 +301,17 @@ class Supervisor:
                         use_copy=sk.use_copy,
                     )
                     db.ensure_schema()
+                    sink = PgSink(db)
                 else:
-                    writer = FilePartWriter(sk.name, Path(sk.resolved_path), sk.format)
+                    sink = FileSink(sk.name, Path(sk.resolved_path), sk.format, max_row_bytes=sk.max_row_bytes)
                 runner_s = SinkRunner(
                     ctx("sink", transforms_done),
                     name=sk.name,
                     input_topic=sk.input,
                     decoder=_decoder(sk.input_format, sk.input_schema),
-                    writer=writer,
+                    sink=sink,
                     limits=limits,
                     hooks=self.hooks,
-                    db=db,
                 )
                 self.workers.append(Worker("sink", runner_s))
         self._sources_done, self._transforms_done = sources_done, transforms_done

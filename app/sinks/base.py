@@ -1,88 +1,176 @@
-"""The partition-scoped part-writer interface of two-phase sinks (DESIGN §5).
+"""The one sink protocol (DESIGN §5): every sink fills in the same steps, and only the
+commit seam (``app.runtime.commit``) calls them, always in this order:
 
-A *part* is the rows of one ``(topic, partition)`` offset range
-``first_offset..last_offset`` (both inclusive). The commit seam drives a writer:
+1. ``prepare(part)`` turns one input partition's offset range into a ``Prepared``
+   part. A two-phase sink (files) stages it durably but invisibly: that is its
+   acknowledgement. Rows the sink cannot write are *not* exceptions: they come back
+   as ``Reject`` values and the seam sends them to the DLQ in the transaction that
+   skips them (I7).
+2. ``commit_external(prepared)`` is the commit point of a transactional sink
+   (PostgreSQL: one DB transaction with the compare-and-set of its stored offset);
+   a two-phase sink has nothing to do here. Rows the external system refused come
+   back as ``Reject`` values too; ``SinkFenced`` means another owner moved the
+   partition (I5).
+3. The seam commits ``part_committed`` + the consumer offsets in one Kafka
+   transaction (the commit point of a two-phase sink).
+4. ``finalize(info)`` makes a committed part visible (idempotent, I3), or
+   ``discard(prepared)`` drops a part whose transaction never commits.
 
-1. ``prepare`` stages the part durably but invisibly. Its return is the sink's
-   acknowledgement: the staged bytes are on disk (file and directory fsynced).
-2. The seam commits ``part_committed`` (built from the returned ``PreparedPart``)
-   together with the consumer offsets in one Kafka transaction: the commit point.
-3. ``finalize`` makes a committed part visible under a deterministic final name.
-   It is idempotent, so recovery re-drives it from the journal (I3); it is called
-   only after the commit point, so a fenced zombie never makes a part visible (I5).
-
-``discard`` drops a part whose transaction will never commit; ``leftover_staging``
-and ``remove_staging`` let recovery delete staging files no journal event names.
-Writers never see Kafka objects, only tokens.
+``recover(...)`` runs on every assignment before any row of the partitions is read;
+it returns a ``RecoveryPlan`` (values, never side effects on Kafka) that the seam
+carries out in its fixed order. Sinks never see the Kafka transaction or a Kafka
+message object, only tokens with their offsets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from app.journal.events import JournalEvent, PartInfo
 from app.tokens import Token
+
+TP = tuple[str, int]
+
+UNWRITABLE = "unwritable_row"  # DLQ reason: the sink's writer cannot place the row
+DB_REJECTED = "db_rejected"  # DLQ reason: the database refused the row
 
 
 class PartMissingError(RuntimeError):
-    """A committed part has neither its staging nor its final file: data loss, never ignored."""
+    """A committed part has neither its staging nor its final data: data loss, never ignored."""
 
 
 class PartConflictError(RuntimeError):
-    """A part's file exists with content other than the committed checksum; nothing is overwritten."""
+    """A part's data exists with content other than the committed checksum; nothing is overwritten."""
+
+
+class SinkFenced(RuntimeError):
+    """Another owner advanced the partition in the sink itself (a refused compare-and-set):
+    nothing of the part was written, and this worker must re-read the sink's state."""
 
 
 @dataclass(frozen=True, slots=True)
-class PreparedPart:
-    """A durably staged part: everything ``part_committed`` records and ``finalize`` needs.
+class Chunk:
+    """Consecutive decoded rows of a part with their input offsets and encoded sizes."""
 
-    ``checksum`` is the sha256 hex of the staged file and ``bytes`` its size; both
-    stay valid for the final file, which is the same file renamed.
-    """
+    tokens: Sequence[Token]
+    offsets: Sequence[int]
+    sizes: Sequence[int]
 
-    sink: str
+
+class PartRows(Protocol):
+    """One input partition's offset range ``first_offset..last_offset`` (inclusive), as
+    the seam hands it to ``prepare``. ``chunks`` decodes lazily (one chunk of rows alive
+    at a time); records that cannot be decoded never reach the sink."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def first_offset(self) -> int: ...
+    @property
+    def last_offset(self) -> int: ...
+    def chunks(self) -> Iterator[Chunk]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A row the sink will not write: it goes to the DLQ with ``reason`` and ``message``
+    (which names the field where there is one); its offset is still committed."""
+
+    offset: int
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A prepared part: ``info`` is what ``part_committed`` records (rows = rows written),
+    ``rejects`` the rows left out, ``state`` the sink's own handle for the next steps."""
+
+    info: PartInfo
+    rejects: list[Reject] = field(default_factory=list)
+    state: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What ``commit_external`` committed: the part's final info and the rows refused."""
+
+    info: PartInfo
+    rejects: Sequence[Reject] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """The sink committed ``[start, end)`` of a partition but Kafka's group offset is at
+    ``start``: record it in Kafka (offsets, DLQ for ``rejects``: offset -> message)."""
+
     topic: str
     partition: int
-    first_offset: int
-    last_offset: int
-    rows: int
-    bytes: int
-    checksum: str  # sha256 hex of the staged file
-    staging_path: str
-    final_path: str
+    start: int
+    end: int
+    rejects: Mapping[int, str]
 
 
-class PartWriter(Protocol):
-    """Two-phase writer for one sink; every call is scoped to one topic partition."""
+@dataclass(slots=True)
+class RecoveryPlan:
+    """What recovery must do, in the seam's order: finalize committed parts, discard
+    staging no committed part names, reconcile ranges the sink holds but Kafka lags,
+    then start consuming at ``seek`` (absent partitions: the group's committed offset)."""
 
-    def prepare(
-        self, topic: str, partition: int, first_offset: int, last_offset: int, tokens: Sequence[Token]
-    ) -> PreparedPart:
-        """Stage ``tokens`` (in order) durably and invisibly; the return is the sink's acknowledgement.
+    finalize: list[PartInfo] = field(default_factory=list)
+    discard: list[str] = field(default_factory=list)
+    discard_topic: str = ""  # the input topic the discarded staging belongs to (journal key)
+    reconcile: list[Reconcile] = field(default_factory=list)
+    seek: dict[TP, int] = field(default_factory=dict)
 
-        Every call uses a fresh staging location, so two attempts at the same range never collide.
-        """
 
-    def prepare_chunks(
-        self, topic: str, partition: int, first_offset: int, last_offset: int, chunks: Iterable[Sequence[Token]]
-    ) -> PreparedPart:
-        """``prepare`` for the concatenation of ``chunks``, consumed one at a time (same data).
+JournalView = Callable[[], Mapping[str, JournalEvent]]
 
-        A part with zero rows is still staged (``rows == 0``); the caller discards it."""
 
-    def finalize(self, part: PreparedPart) -> bool:
-        """Make a committed part visible; True if it did so now, False if it already was.
+class Sink(Protocol):
+    """A sink behind the seam. ``external`` says ``commit_external`` is the commit point
+    (a transactional sink); ``two_phase`` says committed parts need ``finalize`` and a
+    ``part_finalized`` journal event."""
 
-        Idempotent. Raises ``PartMissingError`` if neither staging nor final data exists and
-        ``PartConflictError`` if the final data differs from ``part.checksum`` (never overwritten).
-        """
+    name: str
+    external: bool
+    two_phase: bool
 
-    def discard(self, part: PreparedPart) -> None:
-        """Delete the staging data of a part that will never commit (no error if already gone)."""
+    def prepare(self, part: PartRows) -> Prepared:
+        """Stage ``part`` (durably and invisibly for a two-phase sink). Never raises for a
+        row it cannot write: such rows are ``Reject``s. Raises only when the sink itself
+        is unusable (disk full, permissions): that stops the stage."""
+        ...
 
-    def leftover_staging(self, topic: str, partition: int) -> list[str]:
-        """Staging locations of one partition, sorted (after a crash: keep or remove each)."""
+    def commit_external(self, prepared: Prepared) -> Outcome:
+        """The sink's own commit point (transactional sinks); raises ``SinkFenced`` when
+        another owner moved the partition. A two-phase sink returns ``Outcome(info)``."""
+        ...
 
-    def remove_staging(self, path: str) -> None:
-        """Delete one staging location durably (no error if already gone)."""
+    def finalize(self, info: PartInfo) -> bool:
+        """Make a committed part visible; True if done now, False if it already was.
+        Idempotent; raises ``PartMissingError`` / ``PartConflictError``, never overwrites."""
+        ...
+
+    def discard(self, prepared: Prepared) -> None:
+        """Drop a part whose transaction never commits (no error if already gone)."""
+        ...
+
+    def remove_staging(self, location: str) -> None:
+        """Delete one staging location recovery found unreferenced (no error if gone)."""
+        ...
+
+    def recover(
+        self, partitions: Sequence[TP], committed: Mapping[TP, int | None], journal: JournalView
+    ) -> RecoveryPlan:
+        """What to do before consuming ``partitions``; ``committed`` holds Kafka's group
+        offsets, ``journal`` reads the journal's latest events when called."""
+        ...
+
+    def forget(self, partitions: Sequence[TP]) -> None:
+        """The partitions were revoked: drop any per-partition state."""
+        ...

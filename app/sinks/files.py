@@ -32,18 +32,21 @@ Crash behaviour:
 * crash after the rename (before ``part_finalized`` is journalled): harmless,
   ``finalize`` run again returns False.
 
-Rows are flat records ``{"_token_id", "_key", "_event_time_ms", **payload}``. A
-payload field named like one of the three envelope columns is rejected with a
-``ValueError`` naming the token and the field (never silently overwritten).
+Rows are flat records ``{"_token_id", "_key", "_event_time_ms", **payload}``.
 NDJSON: one orjson object per token, payload in insertion order, ``\\n``-terminated.
-Parquet (zstd): envelope columns typed ``string, string, int64``; payload columns
-are the union of the payload keys in first-seen order, types inferred per column
-(a missing key reads back as null; mixed types in one column are a ``ValueError``).
-A part may be handed over in chunks (``prepare_chunks``); it is built as Arrow
-arrays chunk by chunk, so at most one chunk of rows exists as Python objects.
-Output is a pure function of the tokens: the same tokens give byte-identical files
-(I8) for a given pyarrow version (Parquet's ``created_by`` names the version; no
-timestamps are written).
+Parquet: see ``app.sinks.parquet``. A part arrives in chunks and is written a chunk
+at a time, so at most one chunk of rows exists as Python objects.
+
+Rows the sink cannot write are refused, never a reason to stop (I7): each comes
+back from ``prepare`` as a ``Reject`` (DLQ reason ``unwritable_row``) naming the
+token and the field, and the part is written without it:
+
+* a payload field named like an envelope column (never silently overwritten);
+* a row whose encoded input is larger than ``max_row_bytes``;
+* Parquet: a value that does not fit its column's type (``app.sinks.parquet``).
+
+Output is a pure function of the part's rows: the same rows give byte-identical
+files and the same refusals (I8) for a given pyarrow version.
 """
 
 from __future__ import annotations
@@ -53,18 +56,32 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from app.sinks.base import PartConflictError, PartMissingError, PreparedPart
+from app.journal.events import JournalEvent, PartInfo
+from app.journal.view import pending_parts
+from app.sinks.base import (
+    TP,
+    UNWRITABLE,
+    Chunk,
+    Outcome,
+    PartConflictError,
+    PartMissingError,
+    PartRows,
+    Prepared,
+    RecoveryPlan,
+    Reject,
+)
 from app.tokens import Token
 
-__all__ = ["ENVELOPE", "FilePartWriter", "PartConflictError", "PartMissingError"]
+__all__ = ["DEFAULT_MAX_ROW_BYTES", "ENVELOPE", "FileSink", "PartConflictError", "PartMissingError"]
 
-ENVELOPE = ("_token_id", "_key", "_event_time_ms")
+ENVELOPE = ("_token_id", "_key", "_event_time_ms")  # the same names as app.sinks.parquet.ENVELOPE
+DEFAULT_MAX_ROW_BYTES = 16 << 20
 STAGING_DIR = "_staging"
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's legal topic names
 
@@ -118,114 +135,86 @@ def _write_durable(path: Path, chunks: Iterable[Any]) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def _payload_columns(tokens: Sequence[Token]) -> list[str]:
-    """Union of payload keys in first-seen order; rejects keys that collide with the envelope."""
+def _screen(
+    chunk: Chunk, max_row_bytes: int, rejects: list[Reject]
+) -> tuple[Sequence[Token], Sequence[int], list[str]]:
+    """The chunk's writable rows with their offsets, and their payload columns in
+    first-seen order; refused rows are appended to ``rejects``."""
+    tokens, offsets = chunk.tokens, chunk.offsets
+    bad: dict[int, str] = {}
+    if chunk.sizes and max(chunk.sizes) > max_row_bytes:
+        for i, size in enumerate(chunk.sizes):
+            if size > max_row_bytes:
+                tid = tokens[i]["token_id"]
+                bad[i] = f"token {tid!r}: row is {size} bytes, over the sink's max_row_bytes {max_row_bytes}"
+    last: Any = None
+    clash: str | None = None
+    for i, t in enumerate(tokens):
+        keys = t["payload"].keys()
+        if keys != last:  # the common case: every row has the same fields
+            last = keys
+            clash = next((k for k in keys if k in ENVELOPE), None)
+        if clash is not None and i not in bad:
+            bad[i] = f"token {t['token_id']!r}: payload field {clash!r} collides with the envelope column of that name"
+    if bad:
+        rejects.extend(Reject(offsets[i], UNWRITABLE, bad[i]) for i in sorted(bad))
+        keep = [i for i in range(len(tokens)) if i not in bad]
+        tokens, offsets = [tokens[i] for i in keep], [offsets[i] for i in keep]
+    return tokens, offsets, _columns(tokens)
+
+
+def _columns(tokens: Sequence[Token]) -> list[str]:
     cols: dict[str, None] = {}
     last: Any = None
     for t in tokens:
         keys = t["payload"].keys()
-        if keys == last:  # the common case: every row has the same fields
-            continue
-        for k in keys:
-            if k not in cols:
-                if k in ENVELOPE:
-                    raise ValueError(
-                        f"token {t['token_id']!r}: payload field {k!r} collides with the envelope column of that name"
-                    )
-                cols[k] = None
-        last = keys
+        if keys != last:
+            cols.update(dict.fromkeys(keys))
+            last = keys
     return list(cols)
 
 
-def _ndjson(tokens: Sequence[Token]) -> bytes:
-    dumps = orjson.dumps
-    return b"".join(
-        [
-            dumps({"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **t["payload"]})
-            + b"\n"
-            for t in tokens
-        ]
+def _ndjson_row(t: Token) -> bytes:
+    return orjson.dumps(
+        {"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **t["payload"]}
     )
 
 
-class _ParquetPart:
-    """A Parquet part built chunk by chunk as Arrow arrays: a part never holds all its
-    rows as Python objects at once, only one decoded chunk (the sink's memory bound).
-
-    The file equals the one a single ``pa.array`` per column over all rows would give:
-    chunks whose inferred types agree are concatenated, all-null chunks take the
-    column's type, and a column whose chunks disagree is re-inferred over all values."""
-
-    def __init__(self) -> None:
-        import pyarrow as pa
-
-        self.pa = pa
-        self.rows = 0
-        self.envelope: list[list[Any]] = [[], [], []]
-        self.envelope_types = (pa.string(), pa.string(), pa.int64())
-        self.columns: dict[str, list[Any]] = {}  # first-seen order
-
-    def add(self, tokens: Sequence[Token]) -> None:
-        pa, n = self.pa, len(tokens)
-        chunk_cols = _payload_columns(tokens)
-        for c in chunk_cols:
-            if c not in self.columns:
-                self.columns[c] = [pa.nulls(self.rows)] if self.rows else []
-        for arrays, field, typ in zip(
-            self.envelope, ("token_id", "key", "event_time_ms"), self.envelope_types, strict=True
-        ):
-            arrays.append(pa.array([t[field] for t in tokens], typ))  # type: ignore[literal-required]
-        payloads = [t["payload"] for t in tokens]
-        present = set(chunk_cols)
-        for c, arrays in self.columns.items():
-            if c not in present:
-                arrays.append(pa.nulls(n))
-                continue
+def _ndjson(tokens: Sequence[Token], offsets: Sequence[int], rejects: list[Reject]) -> tuple[bytes, int]:
+    """NDJSON lines of ``tokens`` and how many; a row orjson refuses is a reject."""
+    try:
+        return b"".join([_ndjson_row(t) + b"\n" for t in tokens]), len(tokens)
+    except (TypeError, orjson.JSONEncodeError):
+        lines: list[bytes] = []
+        for t, off in zip(tokens, offsets, strict=True):
             try:
-                arrays.append(pa.array([p.get(c) for p in payloads]))
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise ValueError(f"payload field {c!r}: values do not form one Parquet column: {exc}") from exc
-        self.rows += n
-
-    def _column(self, name: str, arrays: list[Any]) -> Any:
-        pa = self.pa
-        types = {a.type for a in arrays if a.type != pa.null()}
-        if not types:
-            return pa.nulls(self.rows)
-        if len(types) == 1:
-            (t,) = types
-            return pa.concat_arrays([a if a.type == t else pa.nulls(len(a), t) for a in arrays])
-        try:  # chunks inferred different types (e.g. int64 and double): infer over all values
-            return pa.array([v for a in arrays for v in a.to_pylist()])
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ValueError(f"payload field {name!r}: values do not form one Parquet column: {exc}") from exc
-
-    def to_bytes(self) -> Any:
-        """Parquet file bytes (a pyarrow Buffer); deterministic for a pyarrow version."""
-        import pyarrow.parquet as pq
-
-        pa = self.pa
-        arrays = [
-            pa.concat_arrays(a) if a else pa.array([], t)
-            for a, t in zip(self.envelope, self.envelope_types, strict=True)
-        ]
-        arrays += [self._column(c, a) for c, a in self.columns.items()]
-        table = pa.Table.from_arrays(arrays, names=[*ENVELOPE, *self.columns])
-        out = pa.BufferOutputStream()
-        pq.write_table(table, out, compression="zstd", version="2.6", write_statistics=True)
-        return out.getvalue()
+                lines.append(_ndjson_row(t) + b"\n")
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                rejects.append(Reject(off, UNWRITABLE, f"token {t['token_id']!r}: not JSON-encodable: {exc}"))
+        return b"".join(lines), len(lines)
 
 
-class FilePartWriter:
-    """``PartWriter`` for a directory of NDJSON or Parquet files; see the module docstring."""
+class FileSink:
+    """``Sink`` for a directory of NDJSON or Parquet parts; see the module docstring."""
 
-    def __init__(self, sink_name: str, directory: Path, fmt: Literal["ndjson", "parquet"]) -> None:
+    external = False
+    two_phase = True
+
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        fmt: Literal["ndjson", "parquet"],
+        *,
+        max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+    ) -> None:
         if fmt not in ("ndjson", "parquet"):
-            raise ValueError(f"file sink {sink_name!r}: unknown format {fmt!r} (ndjson or parquet)")
-        self.sink = sink_name
+            raise ValueError(f"file sink {name!r}: unknown format {fmt!r} (ndjson or parquet)")
+        self.name = name
         self.dir = Path(directory)
         self.fmt = fmt
         self.ext = fmt
+        self.max_row_bytes = max_row_bytes
 
     def final_path(self, topic: str, partition: int, first: int, last: int) -> Path:
         """Deterministic visible name of the part ``first..last`` of ``topic``/``partition``."""
@@ -241,69 +230,77 @@ class FilePartWriter:
         if partition < 0 or not 0 <= first <= last:
             raise ValueError(f"bad part range {topic}/{partition} {first}..{last}")
 
-    def prepare(
-        self, topic: str, partition: int, first_offset: int, last_offset: int, tokens: Sequence[Token]
-    ) -> PreparedPart:
-        """Stage ``tokens`` durably (file + directory fsynced); the return is the sink's acknowledgement."""
-        return self.prepare_chunks(topic, partition, first_offset, last_offset, [tokens])
-
-    def prepare_chunks(
-        self, topic: str, partition: int, first_offset: int, last_offset: int, chunks: Iterable[Sequence[Token]]
-    ) -> PreparedPart:
-        """``prepare`` for a part handed over in consecutive chunks (decoded lazily by the
-        caller), so only one chunk of rows is alive as Python objects at a time. The file
-        is the same as for the concatenated tokens."""
-        self._check_range(topic, partition, first_offset, last_offset)
+    # -- the sink protocol ----------------------------------------------------------
+    def prepare(self, part: PartRows) -> Prepared:
+        """Stage the part durably (file + directory fsynced): the sink's acknowledgement.
+        Every call uses a fresh staging name, so two attempts at one range never collide."""
+        topic, partition, first, last = part.topic, part.partition, part.first_offset, part.last_offset
+        self._check_range(topic, partition, first, last)
         sdir = self._staging_dir(topic, partition)
         _makedirs(sdir)
         attempt = uuid.uuid4().hex[:12]
-        staging = sdir / f"part-{first_offset:020d}-{last_offset:020d}.{attempt}.{self.ext}.tmp"
+        staging = sdir / f"part-{first:020d}-{last:020d}.{attempt}.{self.ext}.tmp"
+        rejects: list[Reject] = []
         rows = 0
+        limit = self.max_row_bytes
         if self.fmt == "ndjson":
 
-            def counted() -> Iterator[bytes]:
+            def blobs() -> Iterator[bytes]:
                 nonlocal rows
-                for chunk in chunks:
-                    _payload_columns(chunk)  # envelope collisions are refused, as for Parquet
-                    rows += len(chunk)
-                    yield _ndjson(chunk)
+                for chunk in part.chunks():
+                    tokens, offsets, _cols = _screen(chunk, limit, rejects)
+                    data, n = _ndjson(tokens, offsets, rejects)
+                    rows += n
+                    yield data
 
-            size, checksum = _write_durable(staging, counted())
+            size, checksum = _write_durable(staging, blobs())
         else:
-            part = _ParquetPart()
-            for chunk in chunks:
-                part.add(chunk)
-            rows = part.rows
-            size, checksum = _write_durable(staging, [part.to_bytes()])
+            from app.sinks.parquet import ParquetPart
+
+            builder = ParquetPart()
+            kept: list[int] = []  # offset of each row handed to the builder, in order
+            for chunk in part.chunks():
+                tokens, offsets, cols = _screen(chunk, limit, rejects)
+                builder.add(tokens, cols)
+                kept.extend(offsets)
+            data, rows, bad = builder.finish()
+            rejects.extend(Reject(kept[i], UNWRITABLE, msg) for i, msg in sorted(bad.items()))
+            size, checksum = _write_durable(staging, [data])
         _fsync_dir(sdir)
-        return PreparedPart(
-            sink=self.sink,
+        rejects.sort(key=lambda r: r.offset)
+        info = PartInfo(
+            sink=self.name,
             topic=topic,
             partition=partition,
-            first_offset=first_offset,
-            last_offset=last_offset,
+            first_offset=first,
+            last_offset=last,
             rows=rows,
             bytes=size,
             checksum=checksum,
             staging_path=str(staging),
-            final_path=str(self.final_path(topic, partition, first_offset, last_offset)),
+            final_path=str(self.final_path(topic, partition, first, last)),
         )
+        return Prepared(info, rejects)
 
-    def finalize(self, part: PreparedPart) -> bool:
+    def commit_external(self, prepared: Prepared) -> Outcome:
+        """Nothing: the Kafka transaction is a file sink's commit point."""
+        return Outcome(prepared.info)
+
+    def finalize(self, info: PartInfo) -> bool:
         """Rename a committed part into place; True if renamed now, False if it already was final.
 
-        Raises ``PartConflictError`` if the final (or staged) bytes differ from ``part.checksum``
-        and ``PartMissingError`` if neither file exists.
+        Raises ``PartConflictError`` if the final (or staged) bytes differ from the committed
+        checksum and ``PartMissingError`` if neither file exists.
         """
-        final, staging = Path(part.final_path), Path(part.staging_path)
-        name = f"part {part.sink}:{part.topic}/{part.partition} {part.first_offset}..{part.last_offset}"
+        final, staging = Path(info.final_path), Path(info.staging_path)
+        name = f"part {info.sink}:{info.topic}/{info.partition} {info.first_offset}..{info.last_offset}"
         if not final.exists():
             try:
                 staged = _sha256_file(staging)
             except FileNotFoundError:
                 staged = None
             if staged is not None:
-                if staged != part.checksum:
+                if staged != info.checksum:
                     raise PartConflictError(f"{name}: staged file {staging} does not match the committed checksum")
                 _makedirs(final.parent)
                 try:
@@ -318,26 +315,43 @@ class FilePartWriter:
             have = _sha256_file(final)
         except FileNotFoundError:
             raise PartMissingError(f"{name} is committed but neither {staging} nor {final} exists") from None
-        if have != part.checksum:
+        if have != info.checksum:
             raise PartConflictError(f"{name}: {final} exists with other content than the committed part")
-        self.remove_staging(part.staging_path)
+        self.remove_staging(info.staging_path)
         return False
 
-    def discard(self, part: PreparedPart) -> None:
+    def discard(self, prepared: Prepared) -> None:
         """Delete the staging file of a part that will never commit (no error if absent)."""
-        self.remove_staging(part.staging_path)
+        self.remove_staging(prepared.info.staging_path)
 
+    def recover(
+        self,
+        partitions: Sequence[TP],
+        committed: Mapping[TP, int | None],
+        journal: Callable[[], Mapping[str, JournalEvent]],
+    ) -> RecoveryPlan:
+        """Finalize every committed, unfinalized part of ``partitions``; discard every
+        staging file of theirs that no committed part names."""
+        pending = [ev.part for ev in pending_parts(journal(), self.name, set(partitions)) if ev.part is not None]
+        keep = {info.staging_path for info in pending}
+        discard = [path for t, p in partitions for path in self.leftover_staging(t, p) if path not in keep]
+        return RecoveryPlan(finalize=pending, discard=discard, discard_topic=partitions[0][0] if partitions else "")
+
+    def forget(self, partitions: Sequence[TP]) -> None:
+        """Nothing is kept per partition between batches."""
+
+    # -- staging ---------------------------------------------------------------------
     def leftover_staging(self, topic: str, partition: int) -> list[str]:
         """Staging files of ``topic``/``partition`` (this sink directory only), sorted."""
         sdir = self._staging_dir(topic, partition)
         return sorted(str(p) for p in sdir.glob("part-*.tmp"))
 
-    def remove_staging(self, path: str) -> None:
+    def remove_staging(self, location: str) -> None:
         """Delete a staging file and fsync its directory; no error if it is already gone."""
-        if not path.endswith(".tmp"):
-            raise ValueError(f"not a staging file: {path}")
+        if not location.endswith(".tmp"):
+            raise ValueError(f"not a staging file: {location}")
         try:
-            os.unlink(path)
+            os.unlink(location)
         except FileNotFoundError:
             return
-        _fsync_dir(Path(path).parent)
+        _fsync_dir(Path(location).parent)

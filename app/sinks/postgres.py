@@ -17,7 +17,10 @@ One DB transaction per part (one input partition's offset range):
    is raised by the seam.
 
 Connection loss mid-part retries with backoff; if it happened during COMMIT the
-outcome is read back from the offsets row, so a retry never writes twice.
+outcome is read back from the offsets row, so a retry never writes twice, and the
+rejects that commit recorded are read back too, so they still reach the DLQ
+(fault point ``sink.db_commit_ack_lost`` injects exactly this). ``app.sinks.pg_sink``
+puts this writer behind the seam's sink protocol.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from app.faults import crash_point
+from app.faults import crash_point, fault_point
+from app.sinks.base import SinkFenced
 from app.tokens import Token
 
 log = logging.getLogger("ledgerflow.sink.postgres")
@@ -70,7 +74,7 @@ class SchemaMismatch(RuntimeError):
     """The table does not match the spec (named table, column and types)."""
 
 
-class CasFailed(RuntimeError):
+class CasFailed(SinkFenced):
     """Another owner moved the partition's offset: this worker must not write it."""
 
 
@@ -252,6 +256,9 @@ class PostgresWriter:
                         )
                 crash_point("sink.db_before_commit")
                 c.commit()  # ---- THE COMMIT POINT of a transactional sink ----
+                if fault_point("sink.db_commit_ack_lost"):
+                    c.close()  # the server committed; the client never reads the acknowledgement
+                    raise psycopg.OperationalError("connection lost during COMMIT (injected fault)")
             except BaseException:
                 if not c.closed:
                     c.rollback()
@@ -270,13 +277,20 @@ class PostgresWriter:
                 except psycopg.OperationalError:
                     raise
                 if stored == next_offset and stored != expected:
+                    # It landed, rejects included: read them back, so the caller still
+                    # dead-letters them in the Kafka transaction that records this part.
+                    start = offsets[0] if offsets else next_offset
+                    index = {off: i for i, off in enumerate(offsets)}
+                    stored_rejects = self.rejects(topic, partition, start, next_offset)
+                    rejects = [(index[o], err) for o, err in sorted(stored_rejects.items()) if o in index]
                     log.warning(
-                        "sink %s: commit of %s/%d landed before the connection dropped",
+                        "sink %s: commit of %s/%d landed before the connection dropped (%d reject(s) read back)",
                         self.sink,
                         topic,
                         partition,
+                        len(rejects),
                     )
-                    return PgPartResult(len(rows), [])  # rejects were committed too; reconcile reads them
+                    return PgPartResult(len(rows) - len(rejects), rejects)
                 raise
 
         result: PgPartResult = self._with_retry(f"write part {topic}/{partition}", run)

@@ -71,6 +71,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 
+from app.journal.keys import checkpoint_key, source_prefix
 from app.sources.base import Checkpoint, DeadLetter, SourceBatch
 from app.tokens import Token
 
@@ -133,7 +134,7 @@ class FileTailSource:
         self.key_field = key_field
         self.fingerprint_bytes = fingerprint_bytes
         self.read_chunk = read_chunk
-        self._prefix = f"source/{source_id}/"
+        self._prefix = source_prefix(source_id)
         self._ids: dict[str, _Ident] = {}  # journal key -> state
         self._active: list[tuple[str, str]] = []  # (path, key) in (mtime, name) order
         self._last_scan = -RESCAN_S  # monotonic time of the last glob scan
@@ -232,7 +233,7 @@ class FileTailSource:
                 if f is None:
                     continue
                 n = 0
-                while (best := f"{self._prefix}{f}-{_qualifier(path, n)}") in self._ids:
+                while (best := checkpoint_key(self.source_id, f"{f}-{_qualifier(path, n)}")) in self._ids:
                     n += 1
                 cp = Checkpoint(best, self.source_id, path, f, length, 0, 0)
                 self._ids[best] = _Ident(cp, self._tag_of(best), line_no=1)

@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from app.journal.keys import checkpoint_key
 from app.sources.base import Checkpoint, SourceBatch
 from app.tokens import Token
 
@@ -87,7 +88,7 @@ class GeneratorSource:
         self.key_field = key_field
         self.rate_per_s = rate_per_s
         self.start_time_ms = start_time_ms
-        self.checkpoint_key = f"source/{source_id}/generator"
+        self.checkpoint_key = checkpoint_key(source_id, "generator")
         self.fingerprint = f"seed:{seed}"
         self.next_row = 0
         self._tabs = _tables(seed)

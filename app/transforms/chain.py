@@ -24,7 +24,6 @@ from app.tokens import Token, child_token_id
 
 Item = tuple[str | None, Token]
 StepFn = Callable[[list[Item]], list[Item]]
-Chain = Callable[[Token], list[tuple[str, Token]]]
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq,
@@ -140,22 +139,43 @@ def route_step(field: str, routes: dict[str, str], default: str | None) -> StepF
     return run
 
 
-def compile_chain(name: str, steps: list[StepFn], default_output: str | None) -> Chain:
-    """Fold ``steps`` into one per-token function; rows routed nowhere are dropped."""
+class CompiledChain:
+    """One transform's steps folded into a per-token function; rows routed nowhere are
+    dropped. ``dropped`` counts, per step label, the input rows a step left with no
+    output (a filter that refused them, a route with no destination); the runner
+    takes the counts with ``take_dropped`` once per batch, for the commit report."""
 
-    def run(token: Token) -> list[tuple[str, Token]]:
+    def __init__(self, name: str, steps: list[StepFn], default_output: str | None, labels: list[str]) -> None:
+        self.name = name
+        self.steps = list(zip(labels, steps, strict=True))
+        self.default_output = default_output
+        self.dropped: dict[str, int] = {}
+
+    def __call__(self, token: Token) -> list[tuple[str, Token]]:
         tok = token.copy()
-        tok["lineage"] = [*token["lineage"], name]
+        tok["lineage"] = [*token["lineage"], self.name]
         items: list[Item] = [(None, tok)]
-        for step in steps:
+        for label, step in self.steps:
             items = step(items)
             if not items:
+                self.dropped[label] = self.dropped.get(label, 0) + 1
                 return []
+        default = self.default_output
         result: list[tuple[str, Token]] = []
         for topic, t in items:
-            dest = topic or default_output
+            dest = topic or default
             if dest is not None:
                 result.append((dest, t))
         return result
 
-    return run
+    def take_dropped(self) -> dict[str, int]:
+        out, self.dropped = self.dropped, {}
+        return out
+
+
+def compile_chain(
+    name: str, steps: list[StepFn], default_output: str | None, labels: list[str] | None = None
+) -> CompiledChain:
+    """Fold ``steps`` into one per-token function; ``labels`` name the steps in the drop
+    counts (default ``<transform>.step<i>``)."""
+    return CompiledChain(name, steps, default_output, labels or [f"{name}.step{i}" for i in range(len(steps))])

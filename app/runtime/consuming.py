@@ -1,0 +1,184 @@
+"""What every consuming runner (transform, sink) shares: the group consumer and its
+assignment and revoke handling, the seam and its producer, lag and drain checks,
+DLQ records for input, counters from commit reports, and healing.
+
+A subclass fills in ``assigned`` (recover before the first row of new partitions),
+``revoked`` (drop what it holds for them), ``step`` (one consume + commit round)
+and ``rewind`` (after an aborted batch or a healed producer: drop the open batch and
+go back to the last committed position). It never orders durability steps: that is
+the seam's job.
+
+A producer lost inside a rebalance callback is not raised through librdkafka: it is
+kept, and the main loop heals and rewinds (which re-runs recovery for every
+assigned partition) before the next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from app.codecs.decoders import Decoder, InputRecord, dead_letter
+from app.journal.events import JournalEvent
+from app.journal.reader import load_journal
+from app.kafka.clients import TP, BatchConsumer, TxnProducer
+from app.observability.hooks import Hooks
+from app.runtime.commit import CommitReport, CommitSeam, ProducerLost
+from app.runtime.healing import Healer, run_started
+from app.runtime.stage import Progress, StageContext, group_id, transactional_id
+from app.sinks.base import Sink
+
+log = logging.getLogger("ledgerflow.runtime")
+
+
+class ConsumingRunner:
+    stage = ""  # "transform" | "sink"
+
+    def __init__(
+        self,
+        ctx: StageContext,
+        *,
+        name: str,
+        input_topic: str,
+        decoder: Decoder,
+        hooks: Hooks,
+        sink: Sink | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.input_topic = input_topic
+        self.decode = decoder
+        self.hooks = hooks
+        self.progress = Progress()
+        self.dlq_stage = f"{self.stage}/{name}"
+        self._lag_at = 0.0
+        self._lost: ProducerLost | None = None
+        self.consumer = BatchConsumer(
+            ctx.bootstrap,
+            group_id(ctx.corr.pipeline, self.stage, name),
+            extra={"group.instance.id": ctx.corr.worker_id, **ctx.kafka_extra},
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
+        self.seam = CommitSeam(
+            stage=self.stage,
+            name=name,
+            producer=self._new_producer(),
+            corr=ctx.corr,
+            journal_topic=ctx.journal_topic,
+            dlq_topic=ctx.dlq_topic,
+            consumer=self.consumer,
+            sink=sink,
+            hooks=hooks,
+        )
+        self.healer = Healer(self.seam, self._new_producer, self.journal, hooks, ctx.stop.is_set)
+
+    def _new_producer(self) -> TxnProducer:
+        ctx = self.ctx
+        return TxnProducer(
+            ctx.bootstrap,
+            transactional_id(ctx.corr, self.name),
+            transaction_timeout_ms=ctx.transaction_timeout_ms,
+            extra=ctx.kafka_extra,
+        )
+
+    def journal(self) -> Mapping[str, JournalEvent]:
+        """The journal's latest committed events (read to its end now)."""
+        return load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
+
+    # -- subclass steps ------------------------------------------------------------------
+    def assigned(self, parts: list[TP]) -> dict[TP, int] | None:
+        """Recover ``parts`` before their first row; may return start offsets."""
+        return None
+
+    def revoked(self, parts: list[TP]) -> None:
+        """Drop whatever is held for ``parts``."""
+
+    def step(self) -> bool:
+        """One round: consume, maybe commit. True when a finite run is done."""
+        raise NotImplementedError
+
+    def rewind(self) -> None:
+        """Drop the open batch; continue from the last committed position."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the subclass holds (after the consumer closed)."""
+
+    # -- rebalance -------------------------------------------------------------------------
+    def _on_assign(self, parts: list[TP]) -> dict[TP, int] | None:
+        self.hooks.on_rebalance(self.stage, self.name, "assigned", len(parts))
+        log.info("%s %s: assigned %s", self.stage, self.name, parts)
+        seek: dict[TP, int] | None = None
+        if parts:
+            try:
+                seek = self.assigned(parts)
+            except ProducerLost as exc:  # heal from the main loop, not inside librdkafka's callback
+                self._lost = exc
+                return None
+        self.hooks.on_assigned(self.stage, self.name)  # /readyz: assigned and recovered
+        return seek
+
+    def _on_revoke(self, parts: list[TP], lost: bool) -> None:
+        kind = "lost" if lost else "revoked"
+        self.hooks.on_rebalance(self.stage, self.name, kind, len(parts))
+        self.hooks.on_partitions_gone(self.stage, self.name, parts)
+        self.revoked(parts)
+        log.info("%s %s: %s %s", self.stage, self.name, kind, parts)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        ctx = self.ctx
+        self.seam.init()
+        self.seam.queue([run_started(ctx.corr, self.name, self.healer.started_ms)])
+        self.consumer.subscribe([self.input_topic])
+        try:
+            while not ctx.stop.is_set():
+                try:
+                    if self._lost is not None:
+                        lost, self._lost = self._lost, None
+                        raise lost
+                    if self.step():
+                        return
+                except ProducerLost as lost:
+                    self.healer.heal(lost)
+                    self.rewind()
+                    self.hooks.on_assigned(self.stage, self.name)
+        finally:
+            self.consumer.close()
+            self.close()
+
+    def account(self, report: CommitReport | None) -> None:
+        """Move the live counters from a committed report (never before the commit point)."""
+        if report is None:
+            return
+        self.healer.committed()
+        p = self.progress
+        p.rows_in += report.rows_in
+        p.rows_out += report.rows_out
+        p.dlq += sum(report.dlq.values())
+        p.commits += 1
+
+    def dead_letter(self, rec: InputRecord, reason: str, message: str) -> bytes:
+        return dead_letter(self.ctx.corr.pipeline, self.dlq_stage, rec, reason, message)
+
+    def report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at >= 1.0:
+            self._lag_at = now
+            lags = self.consumer.lags()
+            self.progress.lag = sum(lags.values())
+            self.hooks.on_lag(self.stage, self.name, lags)
+
+    def drained(self, idle_since: float | None) -> bool:
+        """Upstream finished, input idle for a second and every partition at its end."""
+        if idle_since is None or time.monotonic() - idle_since < 1.0 or not self.ctx.upstream_finished():
+            return False
+        parts = self.consumer.assignment()
+        if not parts:
+            return False
+        ends = self.consumer.end_offsets(parts)
+        pos = self.consumer.position(parts)
+        self.progress.lag = sum(max(0, ends[tp] - (pos.get(tp) or 0)) for tp in parts)
+        return all(ends[tp] - (pos.get(tp) or 0) <= 1 for tp in parts)

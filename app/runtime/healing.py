@@ -1,0 +1,152 @@
+"""A lost producer is a state of the runner, not the end of the process.
+
+After a broker restart, a coordinator move or a lost connection, a transactional
+producer can be fenced (its epoch bumped), see its transaction timed out, or be in
+an unknown state. None of that means another instance owns the work. ``Healer``
+decides from facts, then either stops the stage or re-creates the producer:
+
+* **Facts.** Every runner writes ``run_started`` (key ``run/<run id>/<stage>/<name>``,
+  with its worker id) in its first transaction. If the journal holds a
+  ``run_started`` of the same stage, name and worker id from another run that
+  started later than this one, a newer live instance holds this transactional id:
+  ``WorkerFenced`` names both runs and the stage stops (I5). If the journal cannot
+  be read, the producer is healed: ``init_transactions`` fences whoever is older, so
+  two instances can never both commit, and the older one finds the newer's
+  ``run_started`` on its next heal.
+* **Healing.** Readiness goes false; a new producer is created and registered with
+  ``init_transactions`` (which also completes or aborts the transaction the lost
+  producer left), retried with exponential backoff up to ``attempts`` times; one log
+  line and ``ledgerflow_producer_reinit_total{reason}`` per recovery. The runner then
+  rewinds to its last committed offsets or checkpoints and recovers its sink, so a
+  transaction whose commit outcome was unknown is resolved from Kafka, never guessed.
+* **Bounded.** More than ``max_heals`` heals without a successful commit in between
+  stops the stage with the last error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from app.journal.events import JournalEvent
+from app.journal.keys import run_key
+from app.journal.writer import Correlation, info_event
+from app.kafka.clients import TxnProducer
+from app.kafka.errors import LedgerKafkaError
+from app.observability.hooks import Hooks
+from app.runtime.commit import CommitSeam, ProducerLost, WorkerFenced
+
+log = logging.getLogger("ledgerflow.heal")
+
+
+def run_started(corr: Correlation, name: str, started_ms: int) -> JournalEvent:
+    """The event that says which run of a worker holds a transactional id since when."""
+    detail = {"worker_id": corr.worker_id, "started_ms": str(started_ms), "name": name}
+    return info_event(corr, "run_started", run_key(corr.run_id, corr.stage, name), detail)
+
+
+def newer_instance(
+    events: Mapping[str, JournalEvent], corr: Correlation, name: str, started_ms: int, *, any_worker: bool = False
+) -> JournalEvent | None:
+    """The ``run_started`` of another run of this stage, name and worker (any worker when
+    the transactional id is per stage, as a source's is) that started after
+    ``started_ms`` (a live successor), if the journal holds one."""
+    best: JournalEvent | None = None
+    for ev in events.values():
+        if ev.kind != "run_started" or ev.run_id == corr.run_id or ev.stage != corr.stage:
+            continue
+        detail = ev.detail or {}
+        if (not any_worker and ev.worker_id != corr.worker_id) or detail.get("name") != name:
+            continue
+        if int(detail.get("started_ms", "0")) > started_ms and (best is None or ev.ts_ms > best.ts_ms):
+            best = ev
+    return best
+
+
+class Healer:
+    """Re-creates a runner's transactional producer after a ``ProducerLost``."""
+
+    def __init__(
+        self,
+        seam: CommitSeam,
+        make_producer: Callable[[], TxnProducer],
+        journal: Callable[[], Mapping[str, JournalEvent]],
+        hooks: Hooks,
+        stopping: Callable[[], bool],
+        *,
+        any_worker: bool = False,
+        attempts: int = 12,
+        max_heals: int = 20,
+        init_timeout_s: float = 20.0,
+    ) -> None:
+        self.seam = seam
+        self.make_producer = make_producer
+        self.journal = journal
+        self.hooks = hooks
+        self.stopping = stopping
+        self.attempts = attempts
+        self.max_heals = max_heals
+        self.init_timeout_s = init_timeout_s
+        self.any_worker = any_worker
+        self.started_ms = int(time.time() * 1000)
+        self.heals_since_commit = 0
+
+    def committed(self) -> None:
+        """A transaction committed: the heal budget starts over."""
+        self.heals_since_commit = 0
+
+    def heal(self, lost: ProducerLost) -> None:
+        """Raise ``WorkerFenced`` if a newer instance holds the work; otherwise return
+        with a fresh, registered producer in the seam (the caller rewinds)."""
+        seam = self.seam
+        stage, name, corr = seam.stage, seam.name, seam.corr
+        self.hooks.on_unready(stage, name)
+        self._check_not_superseded(lost)
+        self.heals_since_commit += 1
+        if self.heals_since_commit > self.max_heals:
+            raise WorkerFenced(f"{lost} (gave up after {self.max_heals} producer re-creations without a commit)")
+        delay = 0.5
+        for attempt in range(1, self.attempts + 1):
+            if self.stopping():
+                raise lost
+            producer = self.make_producer()
+            try:
+                producer.init(timeout=self.init_timeout_s)
+            except LedgerKafkaError as exc:
+                producer.close()
+                if attempt == self.attempts:
+                    raise WorkerFenced(f"{lost}; re-creating the producer failed {attempt} times: {exc}") from exc
+                log.warning("%s %s: new producer not registered yet (%s); retry in %.1fs", stage, name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            seam.replace_producer(producer)
+            self.hooks.on_producer_reinit(stage, name, lost.reason)
+            log.warning(
+                "%s %s: producer %s during %s (worker %s, run %s); re-created it and rewinding to the last commit",
+                stage,
+                name,
+                lost.reason,
+                lost.operation,
+                corr.worker_id,
+                corr.run_id,
+            )
+            return
+        raise AssertionError("unreachable")
+
+    def _check_not_superseded(self, lost: ProducerLost) -> None:
+        corr, name = self.seam.corr, self.seam.name
+        try:
+            events = self.journal()
+        except Exception as exc:  # unreadable now (broker down): init_transactions still fences the older
+            log.warning("%s %s: journal unreadable while checking for a newer instance: %s", corr.stage, name, exc)
+            return
+        newer = newer_instance(events, corr, name, self.started_ms, any_worker=self.any_worker)
+        if newer is not None:
+            self.hooks.on_fenced(corr.stage, name)
+            raise WorkerFenced(
+                f"{corr.stage} {name}: worker {corr.worker_id} run {corr.run_id} is a zombie: worker "
+                f"{newer.worker_id} run {newer.run_id} started later with the same transactional id "
+                f"{self.seam.producer.transactional_id} ({lost})"
+            ) from lost
