@@ -11,6 +11,7 @@ import click
 from app import __version__
 from app.cli.kafka_cmd import kafka_group
 from app.cli.ops_cmd import dlq_group, inspect_cmd, journal_group
+from app.cli.recover_cmd import recover_cmd
 from app.cli.run_cmd import demo_cmd, run_cmd, validate_cmd
 from app.cli.topics_cmd import topics_group
 
@@ -40,6 +41,7 @@ cli.add_command(demo_cmd)
 cli.add_command(journal_group)
 cli.add_command(inspect_cmd)
 cli.add_command(dlq_group)
+cli.add_command(recover_cmd)
 
 
 def main() -> None:
