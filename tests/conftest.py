@@ -96,3 +96,12 @@ def postgres() -> Iterator[object]:
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[object]:
+    """A three-node local Kafka cluster behind the fault proxy, on its own ports
+    (tests/cluster.py: ``ClusterEnv``). Fails — never skips — when it cannot start."""
+    from tests.cluster import start_cluster
+
+    yield from start_cluster()

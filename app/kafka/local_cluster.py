@@ -429,10 +429,13 @@ class LocalCluster:
         admin = AdminClient(conf)
         producer = Producer({**conf, "transactional.id": "ledgerflow-cluster-warmup"})
         producer.init_transactions(timeout)
-        admin.describe_consumer_groups(["ledgerflow-cluster-warmup"])["ledgerflow-cluster-warmup"].result()
         deadline = time.monotonic() + timeout
         want = {"__consumer_offsets", "__transaction_state"}
         while time.monotonic() < deadline:
+            # FindCoordinator creates __consumer_offsets; the answer itself may be
+            # NOT_COORDINATOR while its partitions load, which is fine here
+            with contextlib.suppress(Exception):
+                admin.describe_consumer_groups(["ledgerflow-cluster-warmup"])["ledgerflow-cluster-warmup"].result()
             meta = admin.list_topics(timeout=5)
             ok = [
                 t
@@ -556,17 +559,17 @@ class LocalCluster:
 
     def describe(self) -> dict[str, Any]:
         """Status per node for ``kafka status``: pid, paused, live, proxy mode."""
-        live = self.live_brokers()
         modes = self.proxy_modes()
         nodes = []
         for n in self.layout.nodes:
             pid = self.node_pid(n)
+            live = pid is not None and not self.node_paused(n) and self.node_answers(n)
             nodes.append(
                 {
                     "node": n,
                     "pid": pid,
                     "state": "down" if pid is None else ("paused" if self.node_paused(n) else "running"),
-                    "live": n in live,
+                    "live": live,
                     "client_port": self.layout.client_port(n),
                     "proxy": modes.get(n),
                     "log": str(self.log_file(n)),
