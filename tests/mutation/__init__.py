@@ -1,0 +1,1 @@
+"""Mutation checks: scripts that mutate a module and prove the tests notice."""
