@@ -11,6 +11,7 @@ abort command is printed), 0 otherwise.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,8 @@ from app.kafka.hanging import (
 from app.kafka.local_broker import ensure_bootstrap
 from app.runtime.stage import group_id
 from app.state.changelog import changelog_topic
+
+log = logging.getLogger("ledgerflow.recover")
 
 
 def owned_topics(spec: PipelineSpec) -> set[str]:
@@ -160,3 +163,27 @@ def _print(report: HealReport, pipeline: str, owned: set[str]) -> None:
         else:
             action = "aborted" if txn.key in aborted else ("already resolved" if txn.key in resolved else "-")
         click.echo(_line(txn, ours, action))
+
+
+def clear_hanging_on_start(spec: PipelineSpec, bootstrap: str, extra: Mapping[str, Any], worker_id: str) -> None:
+    """Before a run starts: abort the pipeline's own hanging transactions on every
+    partition it reads (journal event each); a foreign one stops the run with the
+    command that aborts it. A tool failure only warns: the stall path checks again."""
+    corr = Correlation(spec.pipeline, "recover", worker_id, uuid.uuid4().hex[:12])
+    try:
+        report = heal_hanging(
+            bootstrap,
+            pipeline=spec.pipeline,
+            partitions=pipeline_partitions(spec, bootstrap, extra),
+            owned_topics=owned_topics(spec),
+            max_age_ms=spec.commit.transaction_timeout_ms,
+            corr=corr,
+            extra=extra,
+        )
+    except ForeignHangingTransaction as exc:
+        raise click.ClickException(str(exc)) from exc
+    except HangingToolError as exc:
+        log.warning("hanging-transaction check on start failed: %s", exc)
+        return
+    if report.events:
+        write_events(bootstrap, spec.journal, report.events, pipeline=spec.pipeline, worker_id=worker_id, extra=extra)

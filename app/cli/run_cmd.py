@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,10 @@ def run_spec(
         sup.build()
     except (SpecSecretError, MissingTopics) as exc:
         raise click.ClickException(str(exc)) from exc
+    if os.environ.get("LEDGERFLOW_HANGING_CHECK", "1") != "0":
+        from app.cli.recover_cmd import clear_hanging_on_start
+
+        clear_hanging_on_start(spec, sup.bootstrap, spec.kafka.client_config(), sup.worker_id)
     hooks.expect_assignment = {(w.stage, w.runner.name) for w in sup.workers if w.stage in ("transform", "sink")}
     hooks.built = True
     view = ProgressView(sys.stderr.isatty())
@@ -207,6 +212,25 @@ def demo_cmd(pipeline: str) -> None:
         or 0
         for s in spec.sources
     )
+    for tr in spec.transforms:
+        sample = f"transform {tr.name}: "
+        counts = []
+        for metric in hooks.registry.collect():
+            if metric.name != "ledgerflow_rows_filtered":
+                continue
+            for smp in metric.samples:
+                if smp.name.endswith("_total") and smp.labels.get("name") == tr.name and smp.value:
+                    counts.append(f"{smp.value:,.0f} rows dropped by step {smp.labels['step']}")
+        rows_in = hooks.registry.get_sample_value(
+            "ledgerflow_rows_in_total", {"pipeline": spec.pipeline, "stage": "transform", "name": tr.name}
+        )
+        rows_out = hooks.registry.get_sample_value(
+            "ledgerflow_rows_out_total", {"pipeline": spec.pipeline, "stage": "transform", "name": tr.name}
+        )
+        if rows_in and rows_out is not None:  # only what this run committed
+            click.echo(
+                f"{sample}{rows_in:,.0f} rows in, {rows_out:,.0f} rows out; {'; '.join(counts) or 'no rows dropped'}"
+            )
     if committed:
         click.echo(
             f"demo finished in {elapsed:.1f}s: {committed:,.0f} source rows committed this run "

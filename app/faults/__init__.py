@@ -2,8 +2,10 @@
 
 ``LEDGERFLOW_CRASH_AT=point[:nth][,point[:nth]...]`` makes the process exit with
 status 86 (``os._exit``: no cleanup, no flush, no transaction abort, like SIGKILL)
-the ``nth`` time (default 1) execution reaches ``crash_point(point)``. When the
-variable is unset, ``crash_point`` is a no-op function bound at import time.
+the ``nth`` time (default 1) execution reaches ``crash_point(point)``;
+``LEDGERFLOW_PAUSE_AT`` (same syntax) makes the process SIGSTOP itself there instead,
+so a test can resume it as a zombie at an exact step. When neither variable is
+set, ``crash_point`` is a no-op function bound at import time.
 
 ``LEDGERFLOW_FAULT_AT=point[:nth][,...]`` makes ``fault_point(point)`` return True the
 ``nth`` time (default 1) it is reached; the caller then injects the fault named by the
@@ -14,12 +16,14 @@ connection before it reads the acknowledgement). Unset: a no-op returning False.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 CRASH_EXIT_CODE = 86
 ENV_VAR = "LEDGERFLOW_CRASH_AT"
 FAULT_ENV_VAR = "LEDGERFLOW_FAULT_AT"
+PAUSE_ENV_VAR = "LEDGERFLOW_PAUSE_AT"
 
 
 def _parse(spec: str) -> dict[str, int]:
@@ -30,7 +34,22 @@ def _parse(spec: str) -> dict[str, int]:
     return targets
 
 
-def _make(spec: str | None) -> Callable[[str], None]:
+def _make(spec: str | None, pause: str | None = None) -> Callable[[str], None]:
+    if pause:
+        pauses = _parse(pause)
+        seen: dict[str, int] = {}
+        inner = _make(spec)
+
+        def pause_or_crash(point: str) -> None:
+            if point in pauses:
+                seen[point] = seen.get(point, 0) + 1
+                if seen[point] == pauses[point]:
+                    sys.stderr.write(f"ledgerflow: pause point {point} hit #{seen[point]}, stopping (SIGSTOP)\n")
+                    sys.stderr.flush()
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            inner(point)
+
+        return pause_or_crash
     if not spec:
 
         def noop(point: str) -> None:
@@ -74,5 +93,5 @@ def _make_fault(spec: str | None) -> Callable[[str], bool]:
     return due
 
 
-crash_point: Callable[[str], None] = _make(os.environ.get(ENV_VAR))
+crash_point: Callable[[str], None] = _make(os.environ.get(ENV_VAR), os.environ.get(PAUSE_ENV_VAR))
 fault_point: Callable[[str], bool] = _make_fault(os.environ.get(FAULT_ENV_VAR))

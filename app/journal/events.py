@@ -17,7 +17,15 @@ from app.codecs.schemas import load_schema
 from app.sources.base import Checkpoint
 
 JOURNAL_SCHEMA = "journal_event.avsc"
-Kind = Literal["source_checkpoint", "part_committed", "part_finalized", "run_started", "run_stopped", "recovery"]
+Kind = Literal[
+    "source_checkpoint",
+    "part_committed",
+    "part_finalized",
+    "run_started",
+    "run_stopped",
+    "recovery",
+    "hanging_txn_aborted",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,10 @@ from collections.abc import Mapping
 
 from app.codecs.decoders import Decoder, InputRecord, dead_letter
 from app.journal.events import JournalEvent
-from app.journal.reader import load_journal
 from app.kafka.clients import TP, BatchConsumer, TxnProducer
 from app.observability.hooks import Hooks
-from app.runtime.commit import CommitReport, CommitSeam, ProducerLost
-from app.runtime.healing import Healer, run_started
+from app.runtime.commit import Batch, BatchAborted, CommitReport, CommitSeam, ProducerLost
+from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
 from app.runtime.stage import Progress, StageContext, group_id, transactional_id
 from app.sinks.base import Sink
 
@@ -84,8 +83,18 @@ class ConsumingRunner:
         )
 
     def journal(self) -> Mapping[str, JournalEvent]:
-        """The journal's latest committed events (read to its end now)."""
-        return load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
+        """The journal's latest committed events (read to its end now; a read stalled
+        behind a hanging transaction of this pipeline clears it and reads again)."""
+        ctx = self.ctx
+        return load_journal_healing(
+            ctx.bootstrap,
+            ctx.journal_topic,
+            ctx.dlq_topic,
+            corr=ctx.corr,
+            extra=ctx.kafka_extra,
+            max_age_ms=ctx.transaction_timeout_ms,
+            queue=self.seam.queue,
+        )
 
     # -- subclass steps ------------------------------------------------------------------
     def assigned(self, parts: list[TP]) -> dict[TP, int] | None:
@@ -140,11 +149,16 @@ class ConsumingRunner:
                         lost, self._lost = self._lost, None
                         raise lost
                     if self.step():
-                        return
+                        break
                 except ProducerLost as lost:
                     self.healer.heal(lost)
                     self.rewind()
                     self.hooks.on_assigned(self.stage, self.name)
+            self.seam.queue([run_stopped(ctx.corr, self.name, self.healer.started_ms)])
+            try:
+                self.seam.commit(Batch())
+            except (ProducerLost, BatchAborted) as exc:  # stopping anyway: only the audit event is lost
+                log.warning("%s %s: run_stopped not recorded: %s", self.seam.stage, self.name, exc)
         finally:
             self.consumer.close()
             self.close()

@@ -28,10 +28,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from app.journal.events import JournalEvent
 from app.journal.keys import run_key
+from app.journal.reader import load_journal
 from app.journal.writer import Correlation, info_event
+from app.kafka.admin import Admin
 from app.kafka.clients import TxnProducer
 from app.kafka.errors import LedgerKafkaError
 from app.observability.hooks import Hooks
@@ -44,6 +47,13 @@ def run_started(corr: Correlation, name: str, started_ms: int) -> JournalEvent:
     """The event that says which run of a worker holds a transactional id since when."""
     detail = {"worker_id": corr.worker_id, "started_ms": str(started_ms), "name": name}
     return info_event(corr, "run_started", run_key(corr.run_id, corr.stage, name), detail)
+
+
+def run_stopped(corr: Correlation, name: str, started_ms: int) -> JournalEvent:
+    """Written in the last transaction of a runner that stops cleanly (input done or a
+    signal); a run with ``run_started`` and no ``run_stopped`` ended by a crash."""
+    detail = {"worker_id": corr.worker_id, "started_ms": str(started_ms), "name": name}
+    return info_event(corr, "run_stopped", run_key(corr.run_id, corr.stage, name), detail)
 
 
 def newer_instance(
@@ -150,3 +160,41 @@ class Healer:
                 f"{newer.worker_id} run {newer.run_id} started later with the same transactional id "
                 f"{self.seam.producer.transactional_id} ({lost})"
             ) from lost
+
+
+def load_journal_healing(
+    bootstrap: str,
+    journal_topic: str,
+    dlq_topic: str,
+    *,
+    corr: Correlation,
+    extra: Mapping[str, Any],
+    max_age_ms: int,
+    queue: Callable[[list[JournalEvent]], None],
+) -> dict[str, JournalEvent]:
+    """The journal's latest events; when the read stalls behind an open transaction, the
+    pipeline's own hanging transactions on the journal are aborted (their
+    ``hanging_txn_aborted`` events go to ``queue``, for the next transaction) and the
+    read is tried once more. A foreign one raises with the command that aborts it."""
+    try:
+        return load_journal(bootstrap, journal_topic, extra=extra)
+    except TimeoutError as stalled:
+        from app.kafka.hanging import heal_hanging
+
+        parts = [(journal_topic, p) for p in Admin(bootstrap, extra).partitions_of(journal_topic)]
+        report = heal_hanging(
+            bootstrap,
+            pipeline=corr.pipeline,
+            partitions=parts,
+            owned_topics={journal_topic, dlq_topic},
+            max_age_ms=max_age_ms,
+            corr=corr,
+            extra=extra,
+        )
+        if not report.aborted:
+            raise
+        log.warning(
+            "journal read stalled (%s); aborted %d hanging transaction(s), reading again", stalled, len(report.aborted)
+        )
+        queue(report.events)
+        return load_journal(bootstrap, journal_topic, extra=extra)

@@ -17,13 +17,12 @@ from collections.abc import Mapping
 from app.codecs.dlq import encode_dlq
 from app.codecs.tokens import TokenCodec
 from app.journal.events import JournalEvent
-from app.journal.reader import load_journal
 from app.journal.view import source_checkpoints
 from app.journal.writer import checkpoint_event
 from app.kafka.clients import TxnProducer
 from app.observability.hooks import Hooks
 from app.runtime.commit import Batch, BatchAborted, CommitSeam, ProducerLost, TopicRecords
-from app.runtime.healing import Healer, run_started
+from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
 from app.runtime.stage import Progress, StageContext
 from app.sources.base import Checkpoint, DeadLetter, Source
 from app.tokens import Token
@@ -69,7 +68,16 @@ class SourceRunner:
         )
 
     def _journal(self) -> Mapping[str, JournalEvent]:
-        return load_journal(self.ctx.bootstrap, self.ctx.journal_topic, extra=self.ctx.kafka_extra)
+        ctx = self.ctx
+        return load_journal_healing(
+            ctx.bootstrap,
+            ctx.journal_topic,
+            ctx.dlq_topic,
+            corr=ctx.corr,
+            extra=ctx.kafka_extra,
+            max_age_ms=ctx.transaction_timeout_ms,
+            queue=self.seam.queue,
+        )
 
     def recover(self) -> None:
         """Restore the committed checkpoints (read only after ``init``: those are final)."""
@@ -85,10 +93,15 @@ class SourceRunner:
             while not self.ctx.stop.is_set():
                 try:
                     if self._step():
-                        return
+                        break
                 except ProducerLost as lost:
                     self.healer.heal(lost)
                     self.recover()
+            self.seam.queue([run_stopped(self.ctx.corr, self.name, self.healer.started_ms)])
+            try:
+                self.seam.commit(Batch())
+            except (ProducerLost, BatchAborted) as exc:  # stopping anyway: only the audit event is lost
+                log.warning("%s %s: run_stopped not recorded: %s", self.seam.stage, self.name, exc)
         finally:
             self.source.close()
 
@@ -112,8 +125,6 @@ class SourceRunner:
         if not cps:
             if exhausted and ctx.exit_when_done:
                 log.info("source %s: input exhausted", self.name)
-                if self.seam.has_pending:
-                    self.seam.commit(Batch())
                 return True
             time.sleep(min(ctx.interval_s, 0.05))
             return False

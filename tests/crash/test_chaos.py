@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from app.journal.events import decode_event
+from app.kafka.readers import read_topic_to_end
 from tests.conftest import KafkaEnv
 from tests.harness import (
     PipelineFiles,
@@ -70,27 +72,65 @@ def _staged_pipeline(tmp_path: Path, kafka: KafkaEnv, name: str, rows: int, rate
     return write_pipeline(tmp_path, name, kafka, rows=rows, part_rows=1000, source_block=src, partitions=4)
 
 
+def _staged(out: Path) -> set[Path]:
+    return set((out / "_staging").rglob("part-*.tmp"))
+
+
 def test_zombie_sink_worker_is_fenced(kafka: KafkaEnv, tmp_path: Path) -> None:
+    """A sink worker stops itself right after staging a part (its 3rd prepare), stays
+    stopped past the session timeout while another worker takes its partitions and
+    commits the same range, then resumes and tries to commit. Fencing must hold: the
+    zombie's transaction is refused, its staged part is discarded and never renamed,
+    no journal event of the zombie commits that range, and every row lands once."""
     rows = 30_000
     pf = _staged_pipeline(tmp_path, kafka, f"zombie-{uid()}", rows, 2500)
     logs = {n: tmp_path / f"{n}.log" for n in ("src", "tr", "s1", "s2")}
     src = popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"])
     tr = popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["tr"])
-    s1 = popen(pf.spec, "--stage", "sink", "--worker-id", "s1", log=logs["s1"])
+    s1 = popen(
+        pf.spec,
+        "--stage",
+        "sink",
+        "--worker-id",
+        "s1",
+        log=logs["s1"],
+        env_extra={"LEDGERFLOW_PAUSE_AT": "sink.after_prepare:3"},
+    )
     s2 = popen(pf.spec, "--stage", "sink", "--worker-id", "s2", log=logs["s2"])
     try:
-        wait_for_rows(pf.out, 3000, proc=s1)
-        s1.send_signal(signal.SIGSTOP)  # a zombie: alive, silent, past session.timeout.ms
-        time.sleep(12)
+        wait_log(logs["s1"], "pause point sink.after_prepare hit #3", s1, timeout=120)
+        first = _staged(pf.out)
+        time.sleep(2)
+        zombie_parts = first & _staged(pf.out)  # the live worker renames its own within milliseconds
+        time.sleep(10)  # past session.timeout.ms (6 s): the other worker owns every partition now
         s1.send_signal(signal.SIGCONT)
         wait_for_rows(pf.out, rows, timeout=180, proc=s2)
         time.sleep(2)
     finally:
         stop(src, tr, s1, s2)
     assert_exactly_once(kafka, pf, _ids(rows))
+    assert zombie_parts, "the zombie held no staged part while it was stopped"
+    for staged in zombie_parts:
+        assert not staged.exists(), f"the zombie's staged part {staged} was left behind"
+    ranges = {(f.parent.parent.name, int(f.parent.name), int(f.name.split("-")[1])) for f in zombie_parts}
+    events = [decode_event(r.value) for r in read_topic_to_end(kafka.bootstrap, f"{pf.name}.journal") if r.value]
+    by_zombie = [
+        ev
+        for ev in events
+        if ev.part is not None
+        and ev.worker_id == "s1"
+        and (ev.part.topic, ev.part.partition, ev.part.first_offset) in ranges
+    ]
+    assert by_zombie == [], f"the zombie committed or finalized its stale part: {by_zombie}"
+    by_owner = [
+        ev
+        for ev in events
+        if ev.part is not None and (ev.part.topic, ev.part.partition, ev.part.first_offset) in ranges
+    ]
+    assert {ev.worker_id for ev in by_owner} == {"s2"}, by_owner  # the new owner committed those ranges
     zombie_log = logs["s1"].read_text()
-    assert any(s in zombie_log for s in ("lost [", "aborting transaction", "fenced")), zombie_log[-3000:]
-    assert "revoked" in logs["s2"].read_text() or "assigned" in logs["s2"].read_text()
+    refused = ("aborting transaction after", "producer fenced during", "producer timed_out during", "producer fatal")
+    assert any(s in zombie_log for s in refused), zombie_log[-3000:]
 
 
 def test_workers_join_and_leave_under_load(kafka: KafkaEnv, tmp_path: Path) -> None:

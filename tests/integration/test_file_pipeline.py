@@ -98,8 +98,18 @@ def test_line_written_in_two_halves_across_a_crash_lands_once_whole(kafka: Kafka
 def test_demo_command_reports_what_this_run_committed(kafka: KafkaEnv, tmp_path: Path) -> None:
     """``ledgerflow demo`` counts the sink and reports the rows *this run* committed:
     a second run over the same pipeline commits nothing and says so, not a rate."""
-    pf = write_pipeline(tmp_path, f"demo-{uid()}", kafka, rows=3000)
+    pf = write_pipeline(
+        tmp_path,
+        f"demo-{uid()}",
+        kafka,
+        rows=3000,
+        extra_steps="      - filter: {field: amount_cents, op: gt, value: 0}\n",
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    from app.sources.generator import GeneratorSource
+
+    kept = sum(1 for t in GeneratorSource("gen", rows=3000, seed=11).poll(3000).tokens if t["payload"]["amount"] > 0)
+    assert 0 < kept < 3000
 
     def demo() -> str:
         proc = subprocess.run(
@@ -116,6 +126,12 @@ def test_demo_command_reports_what_this_run_committed(kafka: KafkaEnv, tmp_path:
 
     first, second = demo(), demo()
     for out in (first, second):
-        assert "sink files: 3,000 rows in" in out and "3,000 distinct token ids (0 duplicates)" in out, out
+        assert f"sink files: {kept:,} rows in" in out and f"{kept:,} distinct token ids (0 duplicates)" in out, out
     assert "3,000 source rows committed this run" in first, first
+    # the rows the filter dropped are accounted for, per step (counted after the commit point)
+    assert (
+        f"transform shape: 3,000 rows in, {kept:,} rows out; {3000 - kept:,} rows dropped by step shape.1:filter"
+        in first
+    )
+    assert "transform shape" not in second, second  # nothing committed by the re-run: nothing claimed
     assert "already committed by an earlier run, so this run added nothing" in second, second

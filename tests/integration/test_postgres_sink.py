@@ -3,6 +3,7 @@ the DLQ with the database's error, a server restart mid-run, schema checks."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -144,3 +145,50 @@ def test_logs_are_json_with_correlation_ids_and_never_show_the_password(
     sink_lines_ = [x for x in lines if x.get("stage") == "sink"]
     assert sink_lines_ and all(x["pipeline"] == name and x["worker_id"] == "w9" and x["run_id"] for x in sink_lines_)
     assert _count(postgres.dsn, str(pf.out)) == 500
+
+
+SPOIL = '      - map: "tests.fns:spoil_some"\n      - project: {fields: [id, customer, country, amount, quantity]}\n'
+
+
+def test_rows_out_counts_what_the_database_committed(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
+    """I4 for the transactional sink: ``ledgerflow_rows_out_total`` moves by the rows the
+    database committed, and the rows it refused are counted as DLQ rows, not as written."""
+    from app.cli.run_cmd import run_spec
+    from app.config.pipeline import load_pipeline
+    from app.observability.prometheus import PrometheusHooks
+
+    rows = 5_000
+    name = f"pgmet-{uid()}"
+    pf = write_pg_pipeline(tmp_path, name, kafka, postgres.dsn, rows=rows, steps=SPOIL)
+    spec = load_pipeline(pf.spec)
+    hooks = PrometheusHooks(spec.pipeline)
+    code = run_spec(spec, stage="all", worker_id="m1", exit_when_done=True, metrics_port=None, hooks=hooks)
+    assert code == 0
+    bad = {i for i in range(rows) if i % 500 == 7}
+    lab = {"pipeline": spec.pipeline, "stage": "sink", "name": "db"}
+    assert hooks.registry.get_sample_value("ledgerflow_rows_out_total", lab) == rows - len(bad)
+    assert hooks.registry.get_sample_value("ledgerflow_rows_in_total", lab) == rows
+    assert hooks.registry.get_sample_value("ledgerflow_dlq_rows_total", {**lab, "reason": "db_rejected"}) == len(bad)
+    assert _count(postgres.dsn, pf.out) == rows - len(bad)
+
+
+def test_lost_commit_acknowledgement_still_dead_letters_the_rejects(
+    kafka: KafkaEnv, postgres: Any, tmp_path: Path
+) -> None:
+    """The connection drops after the database committed a part but before the client
+    read the acknowledgement. The sink reads the outcome back (the offsets row moved) and
+    the rejects that commit recorded, so they reach the DLQ in the Kafka transaction that
+    records the part; nothing is written twice."""
+    rows = 6_000
+    name = f"pgack-{uid()}"
+    pf = write_pg_pipeline(tmp_path, name, kafka, postgres.dsn, rows=rows, steps=SPOIL, partitions=1, part_rows=6_000)
+    proc = run(pf.spec, "--worker-id", "w1", env_extra={"LEDGERFLOW_FAULT_AT": "sink.db_commit_ack_lost:1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fault point sink.db_commit_ack_lost hit #1" in proc.stderr
+    read_back = re.search(r"landed before the connection dropped \((\d+) reject\(s\) read back\)", proc.stderr)
+    assert read_back is not None, proc.stderr[-3000:]
+    assert int(read_back.group(1)) > 0  # the part whose acknowledgement was lost held rejected rows
+    bad = {i for i in range(rows) if i % 500 == 7}
+    assert_pg_exactly_once(kafka, pf, postgres.dsn, {f"gen:{i}" for i in range(rows) if i not in bad})
+    dlq = read_dlq(kafka, f"{name}.dlq")
+    assert len(dlq) == len(bad) and {d["error_class"] for d in dlq} == {"db_rejected"}
