@@ -398,6 +398,10 @@ class CommitSeam:
         except (AbortableKafkaError, RetriableKafkaError) as exc:
             self._abort(exc)
             raise BatchAborted(str(exc)) from exc
+        except FatalKafkaError as exc:  # raised by a produce call (the others go through _call)
+            raise ProducerLost(
+                self._lost_message(exc.operation, exc), "fenced" if exc.fenced else "fatal", exc.operation
+            ) from exc
         finally:
             self.hooks.on_txn_open(stage, self.name, False)
         crash_point(f"{stage}.after_commit")

@@ -92,7 +92,9 @@ class ParquetPart:
                 kept.append(None)
                 continue
             try:
-                pa.array([v], target)
+                converted = pa.array([v], target).to_pylist()[0]
+                if not isinstance(v, dict) and converted != v:  # e.g. 2.5 into int64 would become 2
+                    raise ValueError(f"{_describe(v)} would be written as {_describe(converted)}")
             except _CONVERT_ERRORS:
                 self.bad[base + i] = (
                     f"payload field {name!r}: value {_describe(v)} does not fit the column's type {target} "

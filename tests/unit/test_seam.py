@@ -630,12 +630,6 @@ def test_a_fatal_error_at_commit_is_a_lost_producer(rig: Any) -> None:
     assert r.ev[-1] == "commit"
 
 
-@pytest.mark.xfail(
-    raises=FatalKafkaError,
-    strict=True,
-    reason="app/runtime/commit.py _transact: produce/produce_batch are not run through _call, so a fenced "
-    "producer at produce escapes as FatalKafkaError instead of ProducerLost (runners heal only ProducerLost)",
-)
 def test_a_producer_fenced_while_producing_is_lost(rig: Any) -> None:
     r: Rig = rig("files")
     r.producer.fail("produce", FENCED)

@@ -530,11 +530,6 @@ def test_prepared_parts_carry_their_rejects_sorted_by_offset(tmp_path: Path) -> 
     assert all(isinstance(r, Reject) for r in prepared.rejects)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/sinks/parquet.py ParquetPart._salvage: pa.array([2.5], pa.int64()) truncates silently, so when "
-    "a column needs salvaging a float in an int64 column is written as its truncated int instead of refused",
-)
 @pytest.mark.parametrize("size", [0, 1])
 def test_a_float_in_a_salvaged_int_column_is_never_truncated(tmp_path: Path, size: int) -> None:
     toks = [_tok(0, {"a": 1}), _tok(1, {"a": 2.5}), _tok(2, {"a": "x"})]
