@@ -50,7 +50,6 @@ class JournalEvent:
     stage: str
     worker_id: str
     run_id: str
-    generation: int
     ts_ms: int
     checkpoint: Checkpoint | None
     part: PartInfo | None
@@ -67,7 +66,6 @@ def _record(ev: JournalEvent) -> dict[str, Any]:
         "stage": ev.stage,
         "worker_id": ev.worker_id,
         "run_id": ev.run_id,
-        "generation": ev.generation,
         "ts_ms": ev.ts_ms,
         "checkpoint": None
         if cp is None
@@ -114,7 +112,6 @@ def decode_event(value: bytes) -> JournalEvent:
         stage=rec["stage"],
         worker_id=rec["worker_id"],
         run_id=rec["run_id"],
-        generation=rec["generation"],
         ts_ms=rec["ts_ms"],
         checkpoint=None if cp is None else Checkpoint(key=rec["key"], **cp),
         part=None if p is None else PartInfo(**p),

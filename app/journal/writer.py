@@ -27,7 +27,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def checkpoint_event(corr: Correlation, cp: Checkpoint, generation: int = -1) -> JournalEvent:
+def checkpoint_event(corr: Correlation, cp: Checkpoint) -> JournalEvent:
     return JournalEvent(
         kind="source_checkpoint",
         key=cp.key,
@@ -35,7 +35,6 @@ def checkpoint_event(corr: Correlation, cp: Checkpoint, generation: int = -1) ->
         stage=corr.stage,
         worker_id=corr.worker_id,
         run_id=corr.run_id,
-        generation=generation,
         ts_ms=_now_ms(),
         checkpoint=cp,
         part=None,
@@ -43,7 +42,7 @@ def checkpoint_event(corr: Correlation, cp: Checkpoint, generation: int = -1) ->
     )
 
 
-def part_event(corr: Correlation, kind: str, key: str, part: PartInfo, generation: int = -1) -> JournalEvent:
+def part_event(corr: Correlation, kind: str, key: str, part: PartInfo) -> JournalEvent:
     return JournalEvent(
         kind=kind,  # type: ignore[arg-type]
         key=key,
@@ -51,7 +50,6 @@ def part_event(corr: Correlation, kind: str, key: str, part: PartInfo, generatio
         stage=corr.stage,
         worker_id=corr.worker_id,
         run_id=corr.run_id,
-        generation=generation,
         ts_ms=_now_ms(),
         checkpoint=None,
         part=part,
@@ -59,7 +57,7 @@ def part_event(corr: Correlation, kind: str, key: str, part: PartInfo, generatio
     )
 
 
-def info_event(corr: Correlation, kind: str, key: str, detail: dict[str, str], generation: int = -1) -> JournalEvent:
+def info_event(corr: Correlation, kind: str, key: str, detail: dict[str, str]) -> JournalEvent:
     """run_started / run_stopped / recovery events."""
     return JournalEvent(
         kind=kind,  # type: ignore[arg-type]
@@ -68,7 +66,6 @@ def info_event(corr: Correlation, kind: str, key: str, detail: dict[str, str], g
         stage=corr.stage,
         worker_id=corr.worker_id,
         run_id=corr.run_id,
-        generation=generation,
         ts_ms=_now_ms(),
         checkpoint=None,
         part=None,

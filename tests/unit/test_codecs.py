@@ -119,11 +119,11 @@ def test_external_avro_decoder(tmp_path: object) -> None:
 
 def test_journal_events_are_readable_json_and_round_trip() -> None:
     cp = Checkpoint("source/g/f@/x", "g", "/x", "ab" * 32, 1024, 4096, 40)
-    ev = JournalEvent("source_checkpoint", cp.key, "p", "source", "w1", "r1", -1, 5, cp, None, None)
+    ev = JournalEvent("source_checkpoint", cp.key, "p", "source", "w1", "r1", 5, cp, None, None)
     raw = encode_event(ev)
     as_json = json.loads(raw)
     assert as_json["kind"] == "source_checkpoint" and as_json["worker_id"] == "w1"
     assert decode_event(raw) == ev
     part = PartInfo("s", "t", 2, 100, 199, 100, 5000, "c" * 64, "/st", "/fi")
-    ev2 = JournalEvent("part_committed", "sink/s/t/2/100", "p", "sink", "w", "r", 4, 6, None, part, {"a": "b"})
+    ev2 = JournalEvent("part_committed", "sink/s/t/2/100", "p", "sink", "w", "r", 6, None, part, {"a": "b"})
     assert decode_event(encode_event(ev2)) == ev2
