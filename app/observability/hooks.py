@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from app.journal.events import PartInfo
-    from app.runtime.commit import CommitReport
+    from app.runtime.batch import CommitReport
 
 
 class Hooks(Protocol):

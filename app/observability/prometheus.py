@@ -23,7 +23,7 @@ from app import __version__
 
 if TYPE_CHECKING:
     from app.journal.events import PartInfo
-    from app.runtime.commit import CommitReport
+    from app.runtime.batch import CommitReport
 
 TP = tuple[str, int]
 

@@ -23,7 +23,8 @@ from app.codecs.decoders import Decoder, InputRecord, dead_letter
 from app.journal.events import JournalEvent
 from app.kafka.clients import TP, BatchConsumer, TxnProducer
 from app.observability.hooks import Hooks
-from app.runtime.commit import Batch, BatchAborted, CommitReport, CommitSeam, ProducerLost
+from app.runtime.batch import Batch, BatchAborted, CommitReport, ProducerLost
+from app.runtime.commit import CommitSeam
 from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
 from app.runtime.stage import Progress, StageContext, group_id, transactional_id
 from app.sinks.base import Sink

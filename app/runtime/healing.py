@@ -38,7 +38,8 @@ from app.kafka.admin import Admin
 from app.kafka.clients import TxnProducer
 from app.kafka.errors import LedgerKafkaError
 from app.observability.hooks import Hooks
-from app.runtime.commit import CommitSeam, ProducerLost, WorkerFenced
+from app.runtime.batch import ProducerLost, WorkerFenced
+from app.runtime.commit import CommitSeam
 
 log = logging.getLogger("ledgerflow.heal")
 

@@ -28,7 +28,7 @@ from app.codecs.tokens import CodecError
 from app.kafka.clients import TP, InRecord
 from app.kafka.readers import read_range
 from app.observability.hooks import Hooks
-from app.runtime.commit import BatchAborted
+from app.runtime.batch import BatchAborted
 from app.runtime.consuming import ConsumingRunner
 from app.runtime.stage import StageContext
 from app.sinks.base import Chunk, Sink

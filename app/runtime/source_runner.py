@@ -21,7 +21,8 @@ from app.journal.view import source_checkpoints
 from app.journal.writer import checkpoint_event
 from app.kafka.clients import TxnProducer
 from app.observability.hooks import Hooks
-from app.runtime.commit import Batch, BatchAborted, CommitSeam, ProducerLost, TopicRecords
+from app.runtime.batch import Batch, BatchAborted, ProducerLost, TopicRecords
+from app.runtime.commit import CommitSeam
 from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
 from app.runtime.stage import Progress, StageContext
 from app.sources.base import Checkpoint, DeadLetter, Source

@@ -36,7 +36,7 @@ from app.kafka.local_broker import ensure_bootstrap
 from app.observability.hooks import Hooks, NullHooks
 from app.observability.logs import bind
 from app.runtime import topics as topics_mod
-from app.runtime.commit import WorkerFenced
+from app.runtime.batch import WorkerFenced
 from app.runtime.sink_runner import PartLimits, SinkRunner
 from app.runtime.source_runner import SourceRunner
 from app.runtime.stage import Progress, StageContext

@@ -20,7 +20,7 @@ from app.codecs.decoders import Decoder
 from app.codecs.tokens import CodecError, TokenCodec
 from app.kafka.clients import TP, InRecord
 from app.observability.hooks import Hooks
-from app.runtime.commit import Batch, BatchAborted, TopicRecords
+from app.runtime.batch import Batch, BatchAborted, TopicRecords
 from app.runtime.consuming import ConsumingRunner
 from app.runtime.stage import StageContext
 from app.state.manager import StateManager

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from app.runtime.commit import TopicRecords
+from app.runtime.batch import TopicRecords
 from app.state.changelog import Restorer
 from app.state.store import PartitionStore
 from app.tokens import Token

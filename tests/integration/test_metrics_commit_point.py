@@ -13,7 +13,8 @@ from app.journal.writer import Correlation
 from app.kafka.admin import Admin
 from app.kafka.clients import BatchConsumer, TxnProducer
 from app.observability.prometheus import PrometheusHooks
-from app.runtime.commit import CommitSeam, ProducerLost
+from app.runtime.batch import ProducerLost
+from app.runtime.commit import CommitSeam
 from app.sinks.base import Chunk
 from app.sinks.files import FileSink
 from app.sources.generator import GeneratorSource

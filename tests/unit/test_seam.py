@@ -31,7 +31,8 @@ from app.journal.keys import part_key
 from app.journal.writer import Correlation, checkpoint_event
 from app.kafka.errors import AbortableKafkaError, FatalKafkaError, RetriableKafkaError
 from app.observability.hooks import Hooks, NullHooks
-from app.runtime.commit import Batch, BatchAborted, CommitReport, CommitSeam, ProducerLost, TopicRecords
+from app.runtime.batch import Batch, BatchAborted, CommitReport, ProducerLost, TopicRecords
+from app.runtime.commit import CommitSeam
 from app.sinks.base import (
     DB_REJECTED,
     UNWRITABLE,
