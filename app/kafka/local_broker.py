@@ -164,6 +164,19 @@ def port_free(port: int) -> bool:
         return True
 
 
+def wait_ports_free(ports: Sequence[int], timeout: float = 15.0) -> list[int]:
+    """Wait until ``ports`` can be bound; the ones still taken after ``timeout``.
+
+    Only ports nobody LISTENs on are waited for: those are held by the closing
+    connections (FIN_WAIT) of a broker that was just killed, and come free by themselves."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [p for p in ports if not port_free(p)]
+        if not busy or time.monotonic() > deadline or any(port_holder(p) for p in busy):
+            return busy
+        time.sleep(0.25)
+
+
 def parse_proc_net_tcp(text: str, port: int) -> set[int]:
     """Socket inodes LISTENing on ``port`` in a ``/proc/net/tcp`` (or tcp6) table."""
     inodes: set[int] = set()
@@ -321,7 +334,7 @@ class LocalBroker:
             reused = self._reuse_other()
             if reused is not None:
                 return reused, False
-        for p in (self.port, self.controller_port):
+        for p in wait_ports_free((self.port, self.controller_port)):
             if not port_free(p):
                 raise BrokerError(
                     f"port {p} on 127.0.0.1 is already taken by {describe_holder(p)}; "

@@ -61,6 +61,7 @@ from app.kafka.local_broker import (
     port_free,
     resolve_jars,
     server_command,
+    wait_ports_free,
 )
 
 DEFAULT_CLUSTER_HEAP_MB = 448
@@ -498,6 +499,8 @@ class LocalCluster:
                     _wait_gone(pid, 10)
             java = _require("java")
             libs = resolve_jars(self.version)
+            lay = self.layout
+            wait_ports_free([lay.broker_client_port(node), lay.internal_port(node), lay.controller_port(node)])
             new = self._start_node(java, libs, node)
             self.wait_live({node}, timeout)
             return f"node {node} restarted (pid {new})"
