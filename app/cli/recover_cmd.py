@@ -26,7 +26,6 @@ from app.kafka.hanging import (
     OFFSETS_TOPIC,
     TP,
     ForeignHangingTransaction,
-    HangingToolError,
     HangingTxn,
     HealReport,
     classify,
@@ -35,6 +34,7 @@ from app.kafka.hanging import (
     write_events,
 )
 from app.kafka.local_broker import ensure_bootstrap
+from app.kafka.txn_tool import HangingToolError
 from app.runtime.stage import group_id
 from app.state.changelog import changelog_topic
 

@@ -181,17 +181,22 @@ def load_journal_healing(
         return load_journal(bootstrap, journal_topic, extra=extra)
     except TimeoutError as stalled:
         from app.kafka.hanging import heal_hanging
+        from app.kafka.txn_tool import HangingToolError
 
         parts = [(journal_topic, p) for p in Admin(bootstrap, extra).partitions_of(journal_topic)]
-        report = heal_hanging(
-            bootstrap,
-            pipeline=corr.pipeline,
-            partitions=parts,
-            owned_topics={journal_topic, dlq_topic},
-            max_age_ms=max_age_ms,
-            corr=corr,
-            extra=extra,
-        )
+        try:
+            report = heal_hanging(
+                bootstrap,
+                pipeline=corr.pipeline,
+                partitions=parts,
+                owned_topics={journal_topic, dlq_topic},
+                max_age_ms=max_age_ms,
+                corr=corr,
+                extra=extra,
+            )
+        except HangingToolError as exc:
+            log.warning("journal read stalled and the hanging-transaction check failed: %s", exc)
+            raise stalled from exc
         if not report.aborted:
             raise
         log.warning(

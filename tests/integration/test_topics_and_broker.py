@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -89,8 +90,8 @@ def test_up_twice_is_a_noop_and_down_leaves_no_process(tmp_path: Path) -> None:
         again = cli("up")
         assert again.returncode == 0 and again.stdout.startswith("already up"), again.stdout
         assert cli("status").returncode == 0
-        # a port in use is a clear error, not a hang
-        busy = subprocess.run(
+        # from another directory, a running ledgerflow broker that answers is reused
+        other = subprocess.run(
             [sys.executable, "-m", "app.cli.main", "kafka", "up"],
             capture_output=True,
             text=True,
@@ -98,7 +99,23 @@ def test_up_twice_is_a_noop_and_down_leaves_no_process(tmp_path: Path) -> None:
             env={**env, "LEDGERFLOW_KAFKA_DATA": str(tmp_path / "other")},
             check=False,
         )
-        assert busy.returncode != 0 and f"port {port} on 127.0.0.1 is already taken" in busy.stderr
+        assert other.returncode == 0 and other.stdout.startswith("already up"), other.stdout + other.stderr
+        assert str(tmp_path / "k") in other.stdout  # says which broker it reuses
+        assert not (tmp_path / "other" / "broker.json").exists()  # and starts none of its own
+        # a port held by something else is a clear error naming it, not a hang
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            taken = holder.getsockname()[1]
+            busy = subprocess.run(
+                [sys.executable, "-m", "app.cli.main", "kafka", "up"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**env, "LEDGERFLOW_KAFKA_DATA": str(tmp_path / "busy"), "LEDGERFLOW_KAFKA_PORT": str(taken)},
+                check=False,
+            )
+        assert busy.returncode != 0 and f"port {taken} on 127.0.0.1 is already taken" in busy.stderr, busy.stderr
     finally:
         down = cli("down")
     assert down.returncode == 0 and down.stdout.strip() == "stopped"

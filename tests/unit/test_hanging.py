@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.kafka.hanging import (
-    HangingToolError,
-    HangingTxn,
-    abort_command,
-    classify,
-    decode_offsets_group,
-    java_client_properties,
-    offsets_partition,
-    parse_find_hanging,
-    parse_list,
-    parse_table,
-)
+from app.kafka.hanging import HangingTxn, abort_command, classify, offsets_partition, parse_find_hanging
+from app.kafka.txn_tool import HangingToolError, decode_offsets_group, java_client_properties, parse_list, parse_table
 
 # verbatim from `find-hanging --broker-id 1 --max-transaction-timeout 0` (Kafka 4.3.1)
 FIND = (
