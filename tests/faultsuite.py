@@ -273,6 +273,7 @@ class FaultRun:
 class Report:
     rows: int
     lost: list[str]
+    lost_upstream: list[str]  # lost ids the committed output topic never held (source/transform)
     duplicated: list[str]
     differs_from_reference: bool
     hanging: dict[int, list[str]]
@@ -283,7 +284,11 @@ class Report:
     def problems(self) -> list[str]:
         out = []
         if self.lost:
-            out.append(f"{len(self.lost)} rows lost, e.g. {self.lost[:5]}")
+            up = len(self.lost_upstream)
+            out.append(
+                f"{len(self.lost)} rows lost, e.g. {self.lost[:5]}: {up} never reached the committed output "
+                f"topic (lost by source/transform), {len(self.lost) - up} were there but not in the sink"
+            )
         if self.duplicated:
             out.append(f"{len(self.duplicated)} rows duplicated in the sink, e.g. {self.duplicated[:5]}")
         if self.differs_from_reference:
@@ -324,9 +329,11 @@ def check(run: FaultRun, reference_rows: list[bytes], hanging: Callable[[], dict
         if prev is not None and n <= prev[0]:
             order.append(f"partition {p} key {k!r}: gen:{n} at offset {o} after gen:{prev[0]} at {prev[1]}")
         last[(p, k)] = (n, o)
+    lost = sorted(expected - set(ids))
     return Report(
         rows=len(ids),
-        lost=sorted(expected - set(ids)),
+        lost=lost,
+        lost_upstream=[i for i in lost if i not in by_id],
         duplicated=sorted(i for i, c in counts.items() if c > 1),
         differs_from_reference=comparable(lines) != reference_rows,
         hanging=hanging(),
