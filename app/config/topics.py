@@ -140,7 +140,7 @@ def plan_topic_changes(desired: list[TopicSpec], actual: dict[str, ActualTopic],
             if want.replication_factor is not None and want.replication_factor > brokers:
                 plan.refused.append(
                     f"topic {spec.name}: replication factor {want.replication_factor} needs at least "
-                    f"{want.replication_factor} brokers, the cluster has {brokers}; lower replication_factor "
+                    f"{want.replication_factor} brokers, the cluster has {brokers} live; lower replication_factor "
                     "in the spec (or leave it out: the default is min(3, brokers)) or start more brokers"
                 )
             else:

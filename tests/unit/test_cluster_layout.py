@@ -79,6 +79,6 @@ def test_rf_above_broker_count_is_refused_naming_topic_rf_and_brokers() -> None:
     plan = plan_topic_changes([TopicSpec(name="orders", partitions=3, replication_factor=3)], {}, brokers=2)
     assert plan.create == []
     assert plan.refused == [
-        "topic orders: replication factor 3 needs at least 3 brokers, the cluster has 2; lower replication_factor "
+        "topic orders: replication factor 3 needs at least 3 brokers, the cluster has 2 live; lower replication_factor "
         "in the spec (or leave it out: the default is min(3, brokers)) or start more brokers"
     ]
