@@ -122,7 +122,7 @@ def start_cluster() -> Iterator[ClusterEnv]:
         cluster.up(timeout=180)
     except Exception as exc:  # fail, never skip: a cluster that cannot start is a broken environment
         cluster.down(timeout=10)
-        pytest.fail(f"no three-node Kafka cluster for the cluster tests (logs kept in {data_dir}): {exc}", pytrace=False)
+        pytest.fail(f"no three-node Kafka cluster (logs kept in {data_dir}): {exc}", pytrace=False)
     print(f"\ncluster: 3 nodes up on {cluster.bootstrap} in {time.monotonic() - t0:.1f}s ({data_dir})")
     try:
         yield ClusterEnv(cluster.bootstrap, "cluster", None, cluster)
