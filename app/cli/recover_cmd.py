@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from app.config.pipeline import AggregateOp, PipelineSpec, RouteStep, load_pipeline, resolve_bootstrap
+from app.config.pipeline import PipelineSpec, load_pipeline, resolve_bootstrap
 from app.config.yamlsrc import SpecError
 from app.journal.writer import Correlation
 from app.kafka.hanging import (
@@ -35,34 +35,9 @@ from app.kafka.hanging import (
 )
 from app.kafka.local_broker import ensure_bootstrap
 from app.kafka.txn_tool import HangingToolError
-from app.runtime.stage import group_id
-from app.state.changelog import changelog_topic
+from app.runtime.ownership import group_ids, owned_topics
 
 log = logging.getLogger("ledgerflow.recover")
-
-
-def owned_topics(spec: PipelineSpec) -> set[str]:
-    """Topics only this pipeline writes: journal, DLQ, its sources' topics, its
-    transforms' outputs (route destinations and late-row topics included), changelogs."""
-    out = {spec.journal, spec.dlq, *(s.topic for s in spec.sources)}
-    for tr in spec.transforms:
-        if tr.output:
-            out.add(tr.output)
-        for st in tr.steps:
-            if isinstance(st, RouteStep):
-                out.update([*st.routes.values(), *([st.default] if st.default else [])])
-        if isinstance(tr.stateful, AggregateOp) and tr.stateful.late != "dlq":
-            out.add(tr.stateful.late)
-        if tr.stateful is not None:
-            out.add(changelog_topic(spec.pipeline, tr.store_name))
-    return out
-
-
-def group_ids(spec: PipelineSpec) -> list[str]:
-    """Consumer groups of the pipeline's stages (and of `dlq replay` without filters)."""
-    groups = [group_id(spec.pipeline, "transform", tr.name) for tr in spec.transforms]
-    groups += [group_id(spec.pipeline, "sink", sk.name) for sk in spec.sinks]
-    return [*groups, f"ledgerflow.{spec.pipeline}.dlq-replay"]
 
 
 def pipeline_partitions(spec: PipelineSpec, bootstrap: str, extra: Mapping[str, Any]) -> list[TP]:

@@ -46,6 +46,11 @@ class Admin:
             consumer.close()
 
     # -- topics ----------------------------------------------------------------
+    def broker_count(self) -> int:
+        """Live (registered, unfenced) brokers the cluster reports in its metadata."""
+        meta = self._a.list_topics(timeout=15)
+        return max(1, len(meta.brokers))
+
     def describe_topics(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
         """name -> (partitions, replication factor) for the topics that exist."""
         meta = self._a.list_topics(timeout=15)

@@ -161,10 +161,12 @@ class TxnProducer:
         meta = consumer.group_metadata()
         self._call("send_offsets_to_transaction", self._p.send_offsets_to_transaction, tps, meta, 30.0)
 
-    def commit(self, timeout: float = 60.0) -> None:
+    def commit(self, timeout: float = 10.0) -> None:
+        """Commit the open transaction. The seam retries a timeout a few times, then treats
+        the producer as lost (the outcome is resolved by a new producer's init)."""
         self._call("commit_transaction", self._p.commit_transaction, timeout)
 
-    def abort(self, timeout: float = 60.0) -> None:
+    def abort(self, timeout: float = 10.0) -> None:
         self._call("abort_transaction", self._p.abort_transaction, timeout)
 
     def flush(self, timeout: float = 30.0) -> int:

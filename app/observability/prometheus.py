@@ -81,6 +81,12 @@ class PrometheusHooks:
             [*labels, "reason"],
             registry=r,
         )
+        self.consumer_reinits = Counter(
+            "ledgerflow_consumer_reinit",
+            "Group consumers re-created after a fatal consumer error (no restart)",
+            [*labels, "reason"],
+            registry=r,
+        )
         self.txn = Counter("ledgerflow_transactions", "Transactions by outcome", [*labels, "outcome"], registry=r)
         self.commit_seconds = Histogram(
             "ledgerflow_commit_seconds",
@@ -194,6 +200,9 @@ class PrometheusHooks:
 
     def on_producer_reinit(self, stage: str, name: str, reason: str) -> None:
         self.reinits.labels(self.pipeline, stage, name, reason).inc()
+
+    def on_consumer_reinit(self, stage: str, name: str, reason: str) -> None:
+        self.consumer_reinits.labels(self.pipeline, stage, name, reason).inc()
 
     def on_restore(self, stage: str, name: str, partition: int, applied: int, remaining: int) -> None:
         if applied:

@@ -73,7 +73,7 @@ from app.sinks.base import Outcome, Prepared, RecoveryPlan, Sink, SinkFenced
 log = logging.getLogger("ledgerflow.seam")
 T = TypeVar("T")
 
-MAX_RETRIES = 5
+MAX_RETRIES = 3  # a retriable failure: the same call again, then the producer is lost (healing)
 
 
 class CommitSeam:

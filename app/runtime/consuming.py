@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from app.codecs.decoders import Decoder, InputRecord, dead_letter
 from app.journal.events import JournalEvent
 from app.kafka.clients import TP, BatchConsumer, TxnProducer
+from app.kafka.errors import FatalKafkaError
 from app.observability.hooks import Hooks
 from app.runtime.batch import Batch, BatchAborted, CommitReport, ProducerLost
 from app.runtime.commit import CommitSeam
@@ -53,14 +54,10 @@ class ConsumingRunner:
         self.progress = Progress()
         self.dlq_stage = f"{self.stage}/{name}"
         self._lag_at = 0.0
+        self._rows_at = time.monotonic()  # when input last arrived (stall detection)
+        self._stall_checked_at = 0.0
         self._lost: ProducerLost | None = None
-        self.consumer = BatchConsumer(
-            ctx.bootstrap,
-            group_id(ctx.corr.pipeline, self.stage, name),
-            extra={"group.instance.id": ctx.corr.worker_id, **ctx.kafka_extra},
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-        )
+        self.consumer = self._new_consumer()
         self.seam = CommitSeam(
             stage=self.stage,
             name=name,
@@ -73,6 +70,16 @@ class ConsumingRunner:
             hooks=hooks,
         )
         self.healer = Healer(self.seam, self._new_producer, self.journal, hooks, ctx.stop.is_set)
+
+    def _new_consumer(self) -> BatchConsumer:
+        ctx = self.ctx
+        return BatchConsumer(
+            ctx.bootstrap,
+            group_id(ctx.corr.pipeline, self.stage, self.name),
+            extra={"group.instance.id": ctx.corr.worker_id, **ctx.kafka_extra},
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
 
     def _new_producer(self) -> TxnProducer:
         ctx = self.ctx
@@ -111,6 +118,10 @@ class ConsumingRunner:
 
     def rewind(self) -> None:
         """Drop the open batch; continue from the last committed position."""
+        raise NotImplementedError
+
+    def drop_all(self) -> None:
+        """Forget every partition's held work and state (the consumer is being replaced)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -155,6 +166,10 @@ class ConsumingRunner:
                     self.healer.heal(lost)
                     self.rewind()
                     self.hooks.on_assigned(self.stage, self.name)
+                except FatalKafkaError as exc:
+                    if exc.operation != "consume":
+                        raise
+                    self._replace_consumer(exc)
             self.seam.queue([run_stopped(ctx.corr, self.name, self.healer.started_ms)])
             try:
                 self.seam.commit(Batch())
@@ -163,6 +178,26 @@ class ConsumingRunner:
         finally:
             self.consumer.close()
             self.close()
+
+    def _replace_consumer(self, cause: FatalKafkaError) -> None:
+        """The group consumer hit a fatal error. After a coordinator move librdkafka can
+        see its own rejoin under the same ``group.instance.id`` as a fencing instance;
+        unless the journal shows a newer live run of this worker (then ``WorkerFenced``),
+        drop everything held, re-create the consumer and rejoin: the assignment that
+        follows recovers the partitions as on any assignment."""
+        self.hooks.on_unready(self.stage, self.name)
+        self.healer.check_not_superseded(cause)
+        self.healer.count_heal(cause)
+        log.warning("%s %s: group consumer lost (%s); re-creating it and rejoining", self.stage, self.name, cause)
+        self.drop_all()
+        try:
+            self.consumer.close()
+        except Exception as exc:  # a fenced consumer may refuse a clean leave: it is replaced anyway
+            log.warning("%s %s: closing the lost consumer: %s", self.stage, self.name, exc)
+        self.consumer = self._new_consumer()
+        self.seam.consumer = self.consumer
+        self.hooks.on_consumer_reinit(self.stage, self.name, cause.name)
+        self.consumer.subscribe([self.input_topic])
 
     def account(self, report: CommitReport | None) -> None:
         """Move the live counters from a committed report (never before the commit point)."""
@@ -178,6 +213,9 @@ class ConsumingRunner:
     def dead_letter(self, rec: InputRecord, reason: str, message: str) -> bytes:
         return dead_letter(self.ctx.corr.pipeline, self.dlq_stage, rec, reason, message)
 
+    def saw_rows(self) -> None:
+        self._rows_at = time.monotonic()
+
     def report_lag(self) -> None:
         now = time.monotonic()
         if now - self._lag_at >= 1.0:
@@ -185,6 +223,56 @@ class ConsumingRunner:
             lags = self.consumer.lags()
             self.progress.lag = sum(lags.values())
             self.hooks.on_lag(self.stage, self.name, lags)
+            self._check_stall(now)
+
+    def _check_stall(self, now: float) -> None:
+        """No input for longer than a transaction may stay open, yet records beyond the
+        position: the read is stalled behind a hanging transaction. The pipeline's own
+        are aborted (journal events in the next transaction); a foreign one stops the
+        stage with the command that aborts it."""
+        ctx = self.ctx
+        after = ctx.transaction_timeout_ms / 1000 + 5
+        if now - self._rows_at < after or now - self._stall_checked_at < after:
+            return
+        self._stall_checked_at = now
+        parts = self.consumer.assignment()
+        if not parts:
+            return
+        from app.kafka.admin import Admin
+        from app.kafka.hanging import heal_hanging
+        from app.kafka.txn_tool import HangingToolError
+
+        try:
+            highs = Admin(ctx.bootstrap, ctx.kafka_extra).end_offsets(parts)
+        except Exception as exc:  # the cluster is unreachable: nothing to decide now
+            log.warning("%s %s: stall check: cannot read end offsets: %s", self.stage, self.name, exc)
+            return
+        pos = self.consumer.position(parts)
+        stalled = [tp for tp in parts if (at := pos.get(tp)) is not None and highs.get(tp, 0) > at]
+        if not stalled:
+            return
+        log.warning(
+            "%s %s: no input for %.0fs with records beyond %s: checking for hanging transactions",
+            self.stage,
+            self.name,
+            now - self._rows_at,
+            stalled,
+        )
+        try:
+            report = heal_hanging(
+                ctx.bootstrap,
+                pipeline=ctx.corr.pipeline,
+                partitions=stalled,
+                owned_topics={*ctx.owned_topics, ctx.journal_topic, ctx.dlq_topic},
+                max_age_ms=ctx.transaction_timeout_ms,
+                corr=ctx.corr,
+                extra=ctx.kafka_extra,
+            )
+        except HangingToolError as exc:
+            log.warning("%s %s: hanging-transaction check failed: %s", self.stage, self.name, exc)
+            return
+        if report.events:
+            self.seam.queue(report.events)
 
     def drained(self, idle_since: float | None) -> bool:
         """Upstream finished, input idle for a second and every partition at its end."""

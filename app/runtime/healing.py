@@ -113,10 +113,8 @@ class Healer:
         seam = self.seam
         stage, name, corr = seam.stage, seam.name, seam.corr
         self.hooks.on_unready(stage, name)
-        self._check_not_superseded(lost)
-        self.heals_since_commit += 1
-        if self.heals_since_commit > self.max_heals:
-            raise WorkerFenced(f"{lost} (gave up after {self.max_heals} producer re-creations without a commit)")
+        self.check_not_superseded(lost)
+        self.count_heal(lost)
         delay = 0.5
         for attempt in range(1, self.attempts + 1):
             if self.stopping():
@@ -146,7 +144,14 @@ class Healer:
             return
         raise AssertionError("unreachable")
 
-    def _check_not_superseded(self, lost: ProducerLost) -> None:
+    def count_heal(self, cause: Exception) -> None:
+        """One more heal; ``WorkerFenced`` once the budget without a commit is spent."""
+        self.heals_since_commit += 1
+        if self.heals_since_commit > self.max_heals:
+            raise WorkerFenced(f"{cause} (gave up after {self.max_heals} re-creations without a commit)") from cause
+
+    def check_not_superseded(self, lost: Exception) -> None:
+        """``WorkerFenced`` if the journal shows a newer live run holding this work."""
         corr, name = self.seam.corr, self.seam.name
         try:
             events = self.journal()

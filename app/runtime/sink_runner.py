@@ -146,6 +146,10 @@ class SinkRunner(ConsumingRunner):
             self.open.pop(tp, None)
         self.sink.forget(parts)
 
+    def drop_all(self) -> None:
+        self.sink.forget(list(self.open) + self.consumer.assignment())
+        self.open.clear()
+
     def rewind(self) -> None:
         """Drop the open parts, recover every assigned partition again, restart there."""
         self.open.clear()
@@ -170,6 +174,8 @@ class SinkRunner(ConsumingRunner):
             part.records.append(rec)
             part.nbytes += len(rec.value or b"")
         idle = not recs
+        if not idle:
+            self.saw_rows()
         self.report_lag()
         due = self._due(idle)
         if due:

@@ -38,6 +38,7 @@ class StageContext:
     stop: threading.Event  # asks the runner to finish its batch and return
     exit_when_done: bool = False  # finite runs: return once input is exhausted and drained
     upstream_done: threading.Event | None = None  # set when every upstream stage finished
+    owned_topics: frozenset[str] = frozenset()  # topics only this pipeline writes (hanging-txn ownership)
 
     def upstream_finished(self) -> bool:
         return self.upstream_done is None or self.upstream_done.is_set()

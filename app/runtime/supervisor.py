@@ -37,6 +37,7 @@ from app.observability.hooks import Hooks, NullHooks
 from app.observability.logs import bind
 from app.runtime import topics as topics_mod
 from app.runtime.batch import WorkerFenced
+from app.runtime.ownership import owned_topics
 from app.runtime.sink_runner import PartLimits, SinkRunner
 from app.runtime.source_runner import SourceRunner
 from app.runtime.stage import Progress, StageContext
@@ -108,12 +109,12 @@ def ensure_topics(bootstrap: str, spec: PipelineSpec, extra: dict[str, Any]) -> 
             TopicSpec(
                 name=spec.journal,
                 partitions=1,
-                replication_factor=1,
+                replication_factor=None,  # min(3, brokers), like every topic the spec leaves open
                 configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "86400000"},
             )
         )
     if spec.dlq not in named:
-        specs.append(TopicSpec(name=spec.dlq, partitions=1, replication_factor=1, configs={}))
+        specs.append(TopicSpec(name=spec.dlq, partitions=1, replication_factor=None, configs={}))
     existing = admin.describe_topics([s.name for s in specs])
     missing = [s for s in specs if s.name not in existing or s.name in named]
     topics_mod.apply(admin, missing)
@@ -226,6 +227,8 @@ class Supervisor:
         sources_done, transforms_done = threading.Event(), threading.Event()
         want = (lambda s: True) if self.stage == "all" else (lambda s: s == self.stage)
 
+        owned = frozenset(owned_topics(spec))
+
         def ctx(stage: str, upstream: threading.Event | None) -> StageContext:
             return StageContext(
                 corr=Correlation(spec.pipeline, stage, self.worker_id, self.run_id),
@@ -239,6 +242,7 @@ class Supervisor:
                 stop=self.stop,
                 exit_when_done=self.exit_when_done,
                 upstream_done=upstream if self.stage == "all" else None,
+                owned_topics=owned,
             )
 
         if want("source"):

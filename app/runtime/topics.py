@@ -22,8 +22,7 @@ class TopicsRefused(RuntimeError):
 
 def broker_count(admin: Admin) -> int:
     """Live (registered, unfenced) brokers the cluster reports in its metadata."""
-    meta = admin._a.list_topics(timeout=15)
-    return max(1, len(meta.brokers))
+    return admin.broker_count()
 
 
 def plan(admin: Admin, specs: Sequence[TopicSpec]) -> TopicPlan:

@@ -75,6 +75,11 @@ class TransformRunner(ConsumingRunner):
         if self.state is not None:
             self.state.close()
 
+    def drop_all(self) -> None:
+        self.pending = {}
+        if self.state is not None:  # re-restored from the changelog on the next assignment
+            self.state.revoke(list(self.state.stores))
+
     def rewind(self) -> None:
         self.pending = {}
         parts = self.consumer.assignment()
@@ -96,6 +101,8 @@ class TransformRunner(ConsumingRunner):
             for rec in recs:
                 self.pending.setdefault((rec.topic, rec.partition), []).append(rec)
             count += len(recs)
+        if count:
+            self.saw_rows()
         self.report_lag()
         if not self.pending:
             if ctx.exit_when_done and self.drained(self._idle_since):

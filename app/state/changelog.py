@@ -46,13 +46,16 @@ class ChangelogMismatch(RuntimeError):
     pass
 
 
-def ensure_changelog(admin: Admin, topic: str, input_topic: str, replication_factor: int = 1) -> int:
+def ensure_changelog(admin: Admin, topic: str, input_topic: str, replication_factor: int | None = None) -> int:
     """Create the changelog with the input topic's partition count (idempotent); refuse a
-    changelog whose partition count differs, because partition p must map to p."""
+    changelog whose partition count differs, because partition p must map to p. The
+    replication factor defaults to min(3, brokers), with ``min.insync.replicas`` 2 at 3."""
     want = len(admin.partitions_of(input_topic))
     shapes = admin.describe_topics([topic])
     if topic not in shapes:
-        admin.create_topic(topic, want, replication_factor, CHANGELOG_CONFIGS)
+        rf = replication_factor or min(3, admin.broker_count())
+        configs = {**CHANGELOG_CONFIGS, **({"min.insync.replicas": "2"} if rf >= 3 else {})}
+        admin.create_topic(topic, want, rf, configs)
         return want
     have = shapes[topic][0]
     if have != want:
