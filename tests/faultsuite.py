@@ -34,7 +34,9 @@ from app.codecs.tokens import TokenCodec
 from tests.conftest import KafkaEnv
 from tests.harness import PipelineFiles, popen, sink_lines, stop, token_ids, write_pipeline
 
-RECOVERY_LIMIT_S = float(os.environ.get("LF_FAULT_RECOVERY_LIMIT_S", "30"))
+RECOVERY_LIMIT_S = float(
+    os.environ.get("LF_FAULT_RECOVERY_LIMIT_S", "90")
+)  # healing a hanging transaction waits for it to outlive transaction.timeout.ms
 # the default suite stops applying faults after this many did not heal (cost bound);
 # LF_FAULT_MAX_FAILURES=0 applies every fault regardless (for docs/reliability.md)
 MAX_FAILURES = int(os.environ.get("LF_FAULT_MAX_FAILURES", "3"))

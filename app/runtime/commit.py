@@ -180,6 +180,17 @@ class CommitSeam:
             for reason, record in part.undecodable():
                 dlq.append(record)
                 reasons[reason] = reasons.get(reason, 0) + 1
+            if p.repeated:
+                log.warning(
+                    "%s %s: %s/%d %d..%d: %d row(s) repeated a token id of the part (redelivered), written once",
+                    self.stage,
+                    self.name,
+                    part.topic,
+                    part.partition,
+                    part.first_offset,
+                    part.last_offset,
+                    p.repeated,
+                )
             for r in (*p.rejects, *out.rejects):  # 3 refused rows: DLQ in this transaction
                 dlq.append(part.dead_letter(r.offset, r.reason, r.message))
                 reasons[r.reason] = reasons.get(r.reason, 0) + 1

@@ -90,9 +90,9 @@ class ConsumingRunner:
             extra=ctx.kafka_extra,
         )
 
-    def journal(self) -> Mapping[str, JournalEvent]:
+    def journal(self, wait_s: float = 300.0) -> Mapping[str, JournalEvent]:
         """The journal's latest committed events (read to its end now; a read stalled
-        behind a hanging transaction of this pipeline clears it and reads again)."""
+        behind a hanging transaction of this pipeline clears it and reads on)."""
         ctx = self.ctx
         return load_journal_healing(
             ctx.bootstrap,
@@ -102,6 +102,7 @@ class ConsumingRunner:
             extra=ctx.kafka_extra,
             max_age_ms=ctx.transaction_timeout_ms,
             queue=self.seam.queue,
+            wait_s=wait_s,
         )
 
     # -- subclass steps ------------------------------------------------------------------

@@ -82,7 +82,7 @@ class Healer:
         self,
         seam: CommitSeam,
         make_producer: Callable[[], TxnProducer],
-        journal: Callable[[], Mapping[str, JournalEvent]],
+        journal: Callable[[float], Mapping[str, JournalEvent]],
         hooks: Hooks,
         stopping: Callable[[], bool],
         *,
@@ -100,6 +100,7 @@ class Healer:
         self.max_heals = max_heals
         self.init_timeout_s = init_timeout_s
         self.any_worker = any_worker
+        self.check_wait_s = 20.0  # the zombie check never waits long for the journal
         self.started_ms = int(time.time() * 1000)
         self.heals_since_commit = 0
 
@@ -154,7 +155,7 @@ class Healer:
         """``WorkerFenced`` if the journal shows a newer live run holding this work."""
         corr, name = self.seam.corr, self.seam.name
         try:
-            events = self.journal()
+            events = self.journal(self.check_wait_s)
         except Exception as exc:  # unreadable now (broker down): init_transactions still fences the older
             log.warning("%s %s: journal unreadable while checking for a newer instance: %s", corr.stage, name, exc)
             return
@@ -177,35 +178,42 @@ def load_journal_healing(
     extra: Mapping[str, Any],
     max_age_ms: int,
     queue: Callable[[list[JournalEvent]], None],
+    wait_s: float = 300.0,
+    attempt_s: float = 15.0,
 ) -> dict[str, JournalEvent]:
-    """The journal's latest events; when the read stalls behind an open transaction, the
-    pipeline's own hanging transactions on the journal are aborted (their
+    """The journal's latest events. A read that stalls behind an open transaction
+    (``attempt_s``) checks for hanging ones: the pipeline's own are aborted (their
     ``hanging_txn_aborted`` events go to ``queue``, for the next transaction) and the
-    read is tried once more. A foreign one raises with the command that aborts it."""
-    try:
-        return load_journal(bootstrap, journal_topic, extra=extra)
-    except TimeoutError as stalled:
-        from app.kafka.hanging import heal_hanging
-        from app.kafka.txn_tool import HangingToolError
+    read goes on; it keeps trying, checking again each round, until ``wait_s`` (an open
+    transaction is only hanging once it is older than ``max_age_ms``), then raises
+    ``TimeoutError``. A foreign hanging transaction raises with the command that aborts it."""
+    from app.kafka.hanging import ForeignHangingTransaction, heal_hanging
+    from app.kafka.txn_tool import HangingToolError
 
-        parts = [(journal_topic, p) for p in Admin(bootstrap, extra).partitions_of(journal_topic)]
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
         try:
-            report = heal_hanging(
-                bootstrap,
-                pipeline=corr.pipeline,
-                partitions=parts,
-                owned_topics={journal_topic, dlq_topic},
-                max_age_ms=max_age_ms,
-                corr=corr,
-                extra=extra,
-            )
-        except HangingToolError as exc:
-            log.warning("journal read stalled and the hanging-transaction check failed: %s", exc)
-            raise stalled from exc
-        if not report.aborted:
-            raise
-        log.warning(
-            "journal read stalled (%s); aborted %d hanging transaction(s), reading again", stalled, len(report.aborted)
-        )
-        queue(report.events)
-        return load_journal(bootstrap, journal_topic, extra=extra)
+            return load_journal(bootstrap, journal_topic, extra=extra, timeout=max(1.0, min(attempt_s, left)))
+        except TimeoutError as stalled:
+            if time.monotonic() >= deadline:
+                raise
+            try:
+                parts = [(journal_topic, p) for p in Admin(bootstrap, extra).partitions_of(journal_topic)]
+                report = heal_hanging(
+                    bootstrap,
+                    pipeline=corr.pipeline,
+                    partitions=parts,
+                    owned_topics={journal_topic, dlq_topic},
+                    max_age_ms=max_age_ms,
+                    corr=corr,
+                    extra=extra,
+                )
+            except ForeignHangingTransaction:
+                raise
+            except (HangingToolError, LedgerKafkaError, KeyError, RuntimeError) as exc:  # broker unreachable now
+                log.warning("journal read stalled (%s); hanging-transaction check failed: %s", stalled, exc)
+                continue
+            if report.aborted:
+                log.warning("journal read stalled; aborted %d hanging transaction(s)", len(report.aborted))
+                queue(report.events)

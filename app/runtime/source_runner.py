@@ -68,7 +68,7 @@ class SourceRunner:
             extra=ctx.kafka_extra,
         )
 
-    def _journal(self) -> Mapping[str, JournalEvent]:
+    def _journal(self, wait_s: float = 300.0) -> Mapping[str, JournalEvent]:
         ctx = self.ctx
         return load_journal_healing(
             ctx.bootstrap,
@@ -78,6 +78,7 @@ class SourceRunner:
             extra=ctx.kafka_extra,
             max_age_ms=ctx.transaction_timeout_ms,
             queue=self.seam.queue,
+            wait_s=wait_s,
         )
 
     def recover(self) -> None:

@@ -93,6 +93,7 @@ class Prepared:
     info: PartInfo
     rejects: list[Reject] = field(default_factory=list)
     state: Any = None
+    repeated: int = 0  # rows whose token id already was in the part (an upstream redelivery): written once
 
 
 @dataclass(frozen=True, slots=True)

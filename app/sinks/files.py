@@ -136,10 +136,12 @@ def _write_durable(path: Path, chunks: Iterable[Any]) -> tuple[int, str]:
 
 
 def _screen(
-    chunk: Chunk, max_row_bytes: int, rejects: list[Reject]
-) -> tuple[Sequence[Token], Sequence[int], list[str]]:
-    """The chunk's writable rows with their offsets, and their payload columns in
-    first-seen order; refused rows are appended to ``rejects``."""
+    chunk: Chunk, max_row_bytes: int, rejects: list[Reject], seen: set[str]
+) -> tuple[Sequence[Token], Sequence[int], list[str], int]:
+    """The chunk's writable rows with their offsets, their payload columns in first-seen
+    order, and how many rows repeated a token id already in the part (``seen``): those
+    are the same row delivered twice upstream and are written once. Refused rows are
+    appended to ``rejects``."""
     tokens, offsets = chunk.tokens, chunk.offsets
     bad: dict[int, str] = {}
     if chunk.sizes and max(chunk.sizes) > max_row_bytes:
@@ -147,8 +149,10 @@ def _screen(
             if size > max_row_bytes:
                 tid = tokens[i]["token_id"]
                 bad[i] = f"token {tid!r}: row is {size} bytes, over the sink's max_row_bytes {max_row_bytes}"
+    repeated: set[int] = set()
     last: Any = None
     clash: str | None = None
+    add, before = seen.add, len(seen)
     for i, t in enumerate(tokens):
         keys = t["payload"].keys()
         if keys != last:  # the common case: every row has the same fields
@@ -156,11 +160,15 @@ def _screen(
             clash = next((k for k in keys if k in ENVELOPE), None)
         if clash is not None and i not in bad:
             bad[i] = f"token {t['token_id']!r}: payload field {clash!r} collides with the envelope column of that name"
-    if bad:
+        add(t["token_id"])
+        if len(seen) == before + i + 1 - len(repeated):
+            continue
+        repeated.add(i)
+    if bad or repeated:
         rejects.extend(Reject(offsets[i], UNWRITABLE, bad[i]) for i in sorted(bad))
-        keep = [i for i in range(len(tokens)) if i not in bad]
+        keep = [i for i in range(len(tokens)) if i not in bad and i not in repeated]
         tokens, offsets = [tokens[i] for i in keep], [offsets[i] for i in keep]
-    return tokens, offsets, _columns(tokens)
+    return tokens, offsets, _columns(tokens), len(repeated)
 
 
 def _columns(tokens: Sequence[Token]) -> list[str]:
@@ -241,14 +249,16 @@ class FileSink:
         attempt = uuid.uuid4().hex[:12]
         staging = sdir / f"part-{first:020d}-{last:020d}.{attempt}.{self.ext}.tmp"
         rejects: list[Reject] = []
-        rows = 0
+        rows = repeated = 0
+        seen: set[str] = set()
         limit = self.max_row_bytes
         if self.fmt == "ndjson":
 
             def blobs() -> Iterator[bytes]:
-                nonlocal rows
+                nonlocal rows, repeated
                 for chunk in part.chunks():
-                    tokens, offsets, _cols = _screen(chunk, limit, rejects)
+                    tokens, offsets, _cols, dups = _screen(chunk, limit, rejects, seen)
+                    repeated += dups
                     data, n = _ndjson(tokens, offsets, rejects)
                     rows += n
                     yield data
@@ -260,7 +270,8 @@ class FileSink:
             builder = ParquetPart()
             kept: list[int] = []  # offset of each row handed to the builder, in order
             for chunk in part.chunks():
-                tokens, offsets, cols = _screen(chunk, limit, rejects)
+                tokens, offsets, cols, dups = _screen(chunk, limit, rejects, seen)
+                repeated += dups
                 builder.add(tokens, cols)
                 kept.extend(offsets)
             data, rows, bad = builder.finish()
@@ -280,7 +291,7 @@ class FileSink:
             staging_path=str(staging),
             final_path=str(self.final_path(topic, partition, first, last)),
         )
-        return Prepared(info, rejects)
+        return Prepared(info, rejects, repeated=repeated)
 
     def commit_external(self, prepared: Prepared) -> Outcome:
         """Nothing: the Kafka transaction is a file sink's commit point."""

@@ -538,3 +538,20 @@ def test_a_float_in_a_salvaged_int_column_is_never_truncated(tmp_path: Path, siz
     refused = {r.offset for r in prepared.rejects}
     assert 2 in refused and "src:2" not in written
     assert 1 in refused or written.get("src:1") == 2.5  # refused, or written exactly: never 2
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_token_id_repeated_in_a_part_is_written_once(tmp_path: Path, fmt: Fmt, chunk: int) -> None:
+    """A row delivered twice upstream (the same token id at two offsets of one part, as an
+    idempotent-producer retry across a broker restart can leave) is written once: the
+    file equals the one without the repeat, and nothing goes to the DLQ for it."""
+    toks = _tokens(10)
+    twice = [*toks[:6], *toks[2:6], *toks[6:]]  # offsets 0..13, ids 2..5 a second time
+    sink = FileSink("s", tmp_path / "a", fmt)
+    p = sink.prepare(_rows("t", 0, 0, 13, twice, chunk=chunk))
+    clean = FileSink("s", tmp_path / "b", fmt).prepare(_rows("t", 0, 0, 13, toks, offsets=list(range(10)), chunk=chunk))
+    assert p.repeated == 4 and p.rejects == [] and p.info.rows == 10
+    assert p.info.checksum == clean.info.checksum  # byte-identical to the part without the repeat
+    assert sink.finalize(p.info) is True
+    assert _ids(p.info.final_path, fmt) == [t["token_id"] for t in toks]
