@@ -250,6 +250,18 @@ class ConsumingRunner:
             return
         pos = self.consumer.position(parts)
         stalled = [tp for tp in parts if (at := pos.get(tp)) is not None and highs.get(tp, 0) > at]
+        if any(pos.get(tp) is None for tp in parts):
+            # no position yet: the group's committed offsets may be held by a pending
+            # offset commit of a hanging transaction on its __consumer_offsets partition
+            from app.kafka.hanging import OFFSETS_TOPIC, offsets_partition
+
+            try:
+                n = len(Admin(ctx.bootstrap, ctx.kafka_extra).partitions_of(OFFSETS_TOPIC))
+            except Exception as exc:
+                log.warning("%s %s: stall check: cannot read %s: %s", self.stage, self.name, OFFSETS_TOPIC, exc)
+                n = 0
+            if n:
+                stalled.append((OFFSETS_TOPIC, offsets_partition(self.consumer.group_id, n)))
         if not stalled:
             return
         log.warning(
