@@ -141,9 +141,13 @@ def _print(report: HealReport, pipeline: str, owned: set[str]) -> None:
 
 
 def clear_hanging_on_start(spec: PipelineSpec, bootstrap: str, extra: Mapping[str, Any], worker_id: str) -> None:
-    """Before a run starts: abort the pipeline's own hanging transactions on every
-    partition it reads (journal event each); a foreign one stops the run with the
-    command that aborts it. A tool failure only warns: the stall path checks again."""
+    """Before a run starts, on every partition the pipeline reads or writes: abort every
+    open transaction of the pipeline that no coordinator holds any more (journal event
+    each). No age threshold for ours: a stage whose new producer wrote beside such a
+    transaction would commit its records with its own (the same producer id). A foreign
+    one older than ``commit.transaction_timeout_ms`` (Kafka's find-hanging rule) stops
+    the run with the command that aborts it. A tool failure only warns: the stall path
+    checks again."""
     corr = Correlation(spec.pipeline, "recover", worker_id, uuid.uuid4().hex[:12])
     try:
         report = heal_hanging(
@@ -151,14 +155,16 @@ def clear_hanging_on_start(spec: PipelineSpec, bootstrap: str, extra: Mapping[st
             pipeline=spec.pipeline,
             partitions=pipeline_partitions(spec, bootstrap, extra),
             owned_topics=owned_topics(spec),
-            max_age_ms=spec.commit.transaction_timeout_ms,
+            max_age_ms=0,
             corr=corr,
             extra=extra,
+            raise_on_foreign=False,
         )
-    except ForeignHangingTransaction as exc:
-        raise click.ClickException(str(exc)) from exc
     except HangingToolError as exc:
         log.warning("hanging-transaction check on start failed: %s", exc)
         return
     if report.events:
         write_events(bootstrap, spec.journal, report.events, pipeline=spec.pipeline, worker_id=worker_id, extra=extra)
+    old = [t for t in report.foreign if t.age_ms > spec.commit.transaction_timeout_ms]
+    if old:
+        raise click.ClickException(str(ForeignHangingTransaction(bootstrap, old, report)))

@@ -21,12 +21,14 @@ from collections.abc import Mapping
 
 from app.codecs.decoders import Decoder, InputRecord, dead_letter
 from app.journal.events import JournalEvent
+from app.kafka.admin import Admin
 from app.kafka.clients import TP, BatchConsumer, TxnProducer
 from app.kafka.errors import FatalKafkaError
 from app.observability.hooks import Hooks
 from app.runtime.batch import Batch, BatchAborted, CommitReport, ProducerLost
 from app.runtime.commit import CommitSeam
 from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
+from app.runtime.ownership import write_partitions
 from app.runtime.stage import Progress, StageContext, group_id, transactional_id
 from app.sinks.base import Sink
 
@@ -69,7 +71,17 @@ class ConsumingRunner:
             sink=sink,
             hooks=hooks,
         )
-        self.healer = Healer(self.seam, self._new_producer, self.journal, hooks, ctx.stop.is_set)
+        self.healer = Healer(
+            self.seam,
+            self._new_producer,
+            self.journal,
+            hooks,
+            ctx.stop.is_set,
+            write_partitions=self._write_partitions,
+            bootstrap=ctx.bootstrap,
+            extra=ctx.kafka_extra,
+            owned_topics=frozenset({*ctx.owned_topics, ctx.journal_topic, ctx.dlq_topic}),
+        )
 
     def _new_consumer(self) -> BatchConsumer:
         ctx = self.ctx
@@ -80,6 +92,17 @@ class ConsumingRunner:
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
         )
+
+    def _write_partitions(self) -> list[TP]:
+        """Where this stage's transactions write: the pipeline's own topics (outputs among
+        them), journal, DLQ and the group's offsets partition."""
+        ctx = self.ctx
+        topics = (
+            {*ctx.owned_topics, ctx.journal_topic, ctx.dlq_topic}
+            if self.stage == "transform"
+            else {ctx.journal_topic, ctx.dlq_topic}
+        )
+        return write_partitions(Admin(ctx.bootstrap, ctx.kafka_extra), topics, self.consumer.group_id)
 
     def _new_producer(self) -> TxnProducer:
         ctx = self.ctx
@@ -239,7 +262,6 @@ class ConsumingRunner:
         parts = self.consumer.assignment()
         if not parts:
             return
-        from app.kafka.admin import Admin
         from app.kafka.hanging import heal_hanging
         from app.kafka.txn_tool import HangingToolError
 

@@ -86,6 +86,10 @@ class Healer:
         hooks: Hooks,
         stopping: Callable[[], bool],
         *,
+        write_partitions: Callable[[], list[tuple[str, int]]] | None = None,
+        bootstrap: str = "",
+        extra: Mapping[str, Any] | None = None,
+        owned_topics: frozenset[str] = frozenset(),
         any_worker: bool = False,
         attempts: int = 12,
         max_heals: int = 20,
@@ -100,6 +104,10 @@ class Healer:
         self.max_heals = max_heals
         self.init_timeout_s = init_timeout_s
         self.any_worker = any_worker
+        self.write_partitions = write_partitions
+        self.bootstrap = bootstrap
+        self.extra = dict(extra or {})
+        self.owned_topics = owned_topics
         self.check_wait_s = 20.0  # the zombie check never waits long for the journal
         self.started_ms = int(time.time() * 1000)
         self.heals_since_commit = 0
@@ -132,6 +140,7 @@ class Healer:
                 delay = min(delay * 2, 10.0)
                 continue
             seam.replace_producer(producer)
+            self.clear_left_open()
             self.hooks.on_producer_reinit(stage, name, lost.reason)
             log.warning(
                 "%s %s: producer %s during %s (worker %s, run %s); re-created it and rewinding to the last commit",
@@ -144,6 +153,41 @@ class Healer:
             )
             return
         raise AssertionError("unreachable")
+
+    def clear_left_open(self) -> None:
+        """Right after the new producer registered: a transaction of the lost one that the
+        coordinator forgot stays open on the partitions it wrote, and a later commit of the
+        same producer id would commit its records too (duplicates). Whatever of this
+        pipeline is still open there, the coordinator holding none of it, is aborted now
+        (Kafka's find-hanging rule with no age threshold), before anything is produced."""
+        if self.write_partitions is None:
+            return
+        from app.kafka.hanging import heal_hanging
+        from app.kafka.txn_tool import HangingToolError
+
+        corr = self.seam.corr
+        try:
+            parts = self.write_partitions()
+            report = heal_hanging(
+                self.bootstrap,
+                pipeline=corr.pipeline,
+                partitions=parts,
+                owned_topics=self.owned_topics,
+                max_age_ms=0,
+                corr=corr,
+                extra=self.extra,
+                raise_on_foreign=False,
+            )
+        except (HangingToolError, LedgerKafkaError, KeyError, RuntimeError) as exc:
+            log.warning(
+                "%s %s: checking for transactions the lost producer left open failed: %s",
+                corr.stage,
+                self.seam.name,
+                exc,
+            )
+            return
+        if report.events:
+            self.seam.queue(report.events)
 
     def count_heal(self, cause: Exception) -> None:
         """One more heal; ``WorkerFenced`` once the budget without a commit is spent."""

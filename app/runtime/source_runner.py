@@ -19,11 +19,13 @@ from app.codecs.tokens import TokenCodec
 from app.journal.events import JournalEvent
 from app.journal.view import source_checkpoints
 from app.journal.writer import checkpoint_event
+from app.kafka.admin import Admin
 from app.kafka.clients import TxnProducer
 from app.observability.hooks import Hooks
 from app.runtime.batch import Batch, BatchAborted, ProducerLost, TopicRecords
 from app.runtime.commit import CommitSeam
 from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
+from app.runtime.ownership import write_partitions
 from app.runtime.stage import Progress, StageContext
 from app.sources.base import Checkpoint, DeadLetter, Source
 from app.tokens import Token
@@ -56,7 +58,20 @@ class SourceRunner:
             dlq_topic=ctx.dlq_topic,
             hooks=hooks,
         )
-        self.healer = Healer(self.seam, self._new_producer, self._journal, hooks, ctx.stop.is_set, any_worker=True)
+        self.healer = Healer(
+            self.seam,
+            self._new_producer,
+            self._journal,
+            hooks,
+            ctx.stop.is_set,
+            write_partitions=lambda: write_partitions(
+                Admin(ctx.bootstrap, ctx.kafka_extra), {topic, ctx.journal_topic, ctx.dlq_topic}
+            ),
+            bootstrap=ctx.bootstrap,
+            extra=ctx.kafka_extra,
+            owned_topics=frozenset({*ctx.owned_topics, topic, ctx.journal_topic, ctx.dlq_topic}),
+            any_worker=True,
+        )
         self.committed: dict[str, Checkpoint] = {}
 
     def _new_producer(self) -> TxnProducer:
