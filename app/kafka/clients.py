@@ -9,6 +9,7 @@ defaults, so SASL/SSL and tuning pass straight through.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from app.kafka.errors import AbortableKafkaError, classify
+from app.kafka.errors import AbortableKafkaError, FatalKafkaError, classify
 
 log = logging.getLogger("ledgerflow.kafka")
 
@@ -159,7 +160,32 @@ class TxnProducer:
         if not tps:
             return
         meta = consumer.group_metadata()
-        self._call("send_offsets_to_transaction", self._p.send_offsets_to_transaction, tps, meta, 30.0)
+        timeout = 10.0
+        # librdkafka can block in send_offsets_to_transaction past its timeout while the
+        # group coordinator is away (librdkafka issue #5456): bound it from here. A call
+        # that never returns leaves this producer unusable: the seam re-creates it.
+        done = threading.Event()
+        failure: list[KafkaException] = []
+
+        def call() -> None:
+            try:
+                self._p.send_offsets_to_transaction(tps, meta, timeout)
+            except KafkaException as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="send-offsets", daemon=True).start()
+        if not done.wait(timeout + 5.0):
+            raise FatalKafkaError(
+                "send_offsets_to_transaction",
+                -1,
+                "_STUCK",
+                f"no answer within {timeout + 5.0:.0f}s although its timeout is {timeout:.0f}s",
+                fenced=False,
+            )
+        if failure:
+            raise classify("send_offsets_to_transaction", failure[0]) from failure[0]
 
     def commit(self, timeout: float = 10.0) -> None:
         """Commit the open transaction. The seam retries a timeout a few times, then treats

@@ -105,6 +105,7 @@ class Healer:
         self.init_timeout_s = init_timeout_s
         self.any_worker = any_worker
         self.write_partitions = write_partitions
+        self.cleared_at = -1e9
         self.bootstrap = bootstrap
         self.extra = dict(extra or {})
         self.owned_topics = owned_topics
@@ -162,6 +163,7 @@ class Healer:
         (Kafka's find-hanging rule with no age threshold), before anything is produced."""
         if self.write_partitions is None:
             return
+        self.cleared_at = time.monotonic()
         from app.kafka.hanging import heal_hanging
         from app.kafka.txn_tool import HangingToolError
 
@@ -188,6 +190,13 @@ class Healer:
             return
         if report.events:
             self.seam.queue(report.events)
+
+    def after_abort(self) -> None:
+        """A batch was aborted: if the transaction was refused because an earlier one of
+        this pipeline is still open where it writes (a pending offset commit on the
+        group's partition, say), clear that before the batch is redone. At most every 15 s."""
+        if time.monotonic() - self.cleared_at >= 15.0:
+            self.clear_left_open()
 
     def count_heal(self, cause: Exception) -> None:
         """One more heal; ``WorkerFenced`` once the budget without a commit is spent."""

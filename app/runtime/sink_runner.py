@@ -204,6 +204,7 @@ class SinkRunner(ConsumingRunner):
         except BatchAborted as exc:
             self.progress.aborts += 1
             log.warning("sink %s: batch aborted (%s); recovering and redoing it", self.name, exc)
+            self.healer.after_abort()
             self.rewind()
             return
         for tp in due:

@@ -179,6 +179,7 @@ class TransformRunner(ConsumingRunner):
             if state is not None:
                 state.abort()
             self.progress.aborts += 1
+            self.healer.after_abort()
             self.consumer.rewind_to_committed()
             return
         self.account(report)
