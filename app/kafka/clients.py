@@ -274,10 +274,10 @@ class BatchConsumer:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                if err.retriable() or not err.fatal():
+                if err.code() != KafkaError._FATAL and (err.retriable() or not err.fatal()):
                     log.warning("consumer: %s", err.str())
                     continue
-                raise classify("consume", KafkaException(err))
+                raise classify("consume", KafkaException(err))  # the consumer is unusable now
             ts_type, ts = m.timestamp()
             t, h = m.topic(), m.headers()
             if t == topic:

@@ -54,7 +54,7 @@ def classify(operation: str, exc: KafkaException) -> LedgerKafkaError:
     if err is None:
         return FatalKafkaError(operation, -1, "UNKNOWN", str(exc), fenced=False)
     code, name, reason = err.code(), err.name(), err.str()
-    if err.fatal() or code in _FENCED_CODES:
+    if err.fatal() or code == KafkaError._FATAL or code in _FENCED_CODES:
         return FatalKafkaError(operation, code, name, reason, fenced=code in _FENCED_CODES)
     if err.txn_requires_abort():
         return AbortableKafkaError(operation, code, name, reason)
