@@ -21,6 +21,21 @@ from app.kafka.errors import classify
 log = logging.getLogger("ledgerflow.kafka")
 
 
+def _consumer(bootstrap: str, kind: str, extra: Mapping[str, Any] | None, *, eof: bool) -> Consumer:
+    """A read_committed consumer under a throwaway group id that never joins or commits."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"ledgerflow-{kind}-{uuid.uuid4().hex}",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "logger": log,
+    }
+    if eof:
+        conf["enable.partition.eof"] = True
+    conf.update(extra or {})
+    return Consumer(conf)
+
+
 def read_topic_to_end(
     bootstrap: str,
     topic: str,
@@ -35,16 +50,7 @@ def read_topic_to_end(
     transaction already pending when the call starts is resolved before it returns,
     so a committed transaction is never missed because its markers were in flight.
     """
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "group.id": f"ledgerflow-reader-{uuid.uuid4().hex}",
-        "isolation.level": "read_committed",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "logger": log,
-    }
-    conf.update(extra or {})
-    c = Consumer(conf)
+    c = _consumer(bootstrap, "reader", extra, eof=True)
     try:
         meta = c.list_topics(topic, timeout=10)
         tmeta = meta.topics.get(topic)
@@ -108,15 +114,7 @@ def read_range(
     timeout: float = 60.0,
 ) -> list[InRecord]:
     """Committed records of one partition with offsets in ``[start, end)``."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "group.id": f"ledgerflow-range-{uuid.uuid4().hex}",
-        "isolation.level": "read_committed",
-        "enable.auto.commit": False,
-        "logger": log,
-    }
-    conf.update(extra or {})
-    c = Consumer(conf)
+    c = _consumer(bootstrap, "range", extra, eof=False)
     out: list[InRecord] = []
     try:
         c.assign([TopicPartition(topic, partition, start)])
@@ -158,15 +156,7 @@ def count_records(
     counts = dict.fromkeys(ranges, 0)
     if not todo:
         return counts
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "group.id": f"ledgerflow-count-{uuid.uuid4().hex}",
-        "isolation.level": "read_committed",
-        "enable.auto.commit": False,
-        "logger": log,
-    }
-    conf.update(extra or {})
-    c = Consumer(conf)
+    c = _consumer(bootstrap, "count", extra, eof=False)
     try:
         c.assign([TopicPartition(t, p, start) for (t, p), (start, _end) in todo.items()])
         deadline = time.monotonic() + timeout

@@ -7,13 +7,13 @@ runners build ``Batch``es and ``SinkInput`` parts; hooks and metrics see only th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.journal.events import JournalEvent
 from app.kafka.clients import Headers
-from app.sinks.base import Chunk
+from app.sinks.base import PartRows
 
 Offsets = list[tuple[str, int, int]]  # (topic, partition, next offset)
 
@@ -89,20 +89,11 @@ class Batch:
     filtered: dict[str, int] = field(default_factory=dict)
 
 
-class SinkInput(Protocol):
+class SinkInput(PartRows, Protocol):
     """A part as a sink runner hands it over: ``app.sinks.base.PartRows`` plus what the
     seam needs to dead-letter rows (the sink itself never sees input records)."""
 
     @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def first_offset(self) -> int: ...
-    @property
-    def last_offset(self) -> int: ...
-    @property
     def records_in(self) -> int: ...
-    def chunks(self) -> Iterator[Chunk]: ...
     def undecodable(self) -> list[tuple[str, bytes]]: ...
     def dead_letter(self, offset: int, reason: str, message: str) -> bytes: ...

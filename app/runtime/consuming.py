@@ -27,7 +27,7 @@ from app.kafka.errors import FatalKafkaError
 from app.observability.hooks import Hooks
 from app.runtime.batch import Batch, BatchAborted, CommitReport, ProducerLost
 from app.runtime.commit import CommitSeam
-from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
+from app.runtime.healing import Healer, read_journal, run_started, run_stopped
 from app.runtime.ownership import write_partitions
 from app.runtime.stage import Progress, StageContext, group_id, transactional_id
 from app.sinks.base import Sink
@@ -116,17 +116,7 @@ class ConsumingRunner:
     def journal(self, wait_s: float = 300.0) -> Mapping[str, JournalEvent]:
         """The journal's latest committed events (read to its end now; a read stalled
         behind a hanging transaction of this pipeline clears it and reads on)."""
-        ctx = self.ctx
-        return load_journal_healing(
-            ctx.bootstrap,
-            ctx.journal_topic,
-            ctx.dlq_topic,
-            corr=ctx.corr,
-            extra=ctx.kafka_extra,
-            max_age_ms=ctx.transaction_timeout_ms,
-            queue=self.seam.queue,
-            wait_s=wait_s,
-        )
+        return read_journal(self.ctx, self.seam.queue, wait_s)
 
     # -- subclass steps ------------------------------------------------------------------
     def assigned(self, parts: list[TP]) -> dict[TP, int] | None:

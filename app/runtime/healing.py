@@ -40,6 +40,7 @@ from app.kafka.errors import LedgerKafkaError
 from app.observability.hooks import Hooks
 from app.runtime.batch import ProducerLost, WorkerFenced
 from app.runtime.commit import CommitSeam
+from app.runtime.stage import StageContext
 
 log = logging.getLogger("ledgerflow.heal")
 
@@ -220,6 +221,22 @@ class Healer:
                 f"{newer.worker_id} run {newer.run_id} started later with the same transactional id "
                 f"{self.seam.producer.transactional_id} ({lost})"
             ) from lost
+
+
+def read_journal(
+    ctx: StageContext, queue: Callable[[list[JournalEvent]], None], wait_s: float = 300.0
+) -> dict[str, JournalEvent]:
+    """``load_journal_healing`` for a stage: its journal, DLQ, identity and timeouts."""
+    return load_journal_healing(
+        ctx.bootstrap,
+        ctx.journal_topic,
+        ctx.dlq_topic,
+        corr=ctx.corr,
+        extra=ctx.kafka_extra,
+        max_age_ms=ctx.transaction_timeout_ms,
+        queue=queue,
+        wait_s=wait_s,
+    )
 
 
 def load_journal_healing(

@@ -24,7 +24,7 @@ from app.kafka.clients import TxnProducer
 from app.observability.hooks import Hooks
 from app.runtime.batch import Batch, BatchAborted, ProducerLost, TopicRecords
 from app.runtime.commit import CommitSeam
-from app.runtime.healing import Healer, load_journal_healing, run_started, run_stopped
+from app.runtime.healing import Healer, read_journal, run_started, run_stopped
 from app.runtime.ownership import write_partitions
 from app.runtime.stage import Progress, StageContext
 from app.sources.base import Checkpoint, DeadLetter, Source
@@ -84,17 +84,9 @@ class SourceRunner:
         )
 
     def _journal(self, wait_s: float = 300.0) -> Mapping[str, JournalEvent]:
-        ctx = self.ctx
-        return load_journal_healing(
-            ctx.bootstrap,
-            ctx.journal_topic,
-            ctx.dlq_topic,
-            corr=ctx.corr,
-            extra=ctx.kafka_extra,
-            max_age_ms=ctx.transaction_timeout_ms,
-            queue=self.seam.queue,
-            wait_s=wait_s,
-        )
+        """The journal's latest committed events (read to its end now; a read stalled
+        behind a hanging transaction of this pipeline clears it and reads on)."""
+        return read_journal(self.ctx, self.seam.queue, wait_s)
 
     def recover(self) -> None:
         """Restore the committed checkpoints (read only after ``init``: those are final)."""
