@@ -273,7 +273,7 @@ class LocalCluster:
     def answers(self) -> bool:
         return bool(self.live_brokers())
 
-    def node_answers(self, node: int, timeout: float = 1.5) -> bool:
+    def node_answers(self, node: int, timeout: float = 5.0) -> bool:
         """True when node ``node`` itself answers metadata on its own client listener
         and lists itself as a live broker (registered and unfenced)."""
         from confluent_kafka.admin import AdminClient
