@@ -1,6 +1,7 @@
-"""Sink writers behind one small partition-scoped interface (DESIGN §5).
+"""Sinks behind one protocol that the commit seam drives (DESIGN §5).
 
-``base`` defines the two-phase ``PartWriter`` protocol and ``PreparedPart``;
-``files`` implements it for NDJSON/Parquet directories; ``postgres`` is the
-transactional sink that stores its offsets in the database.
+``base`` defines ``Sink`` (prepare → commit_external → finalize/discard, recover) and
+its values; ``files`` (with ``parquet``) is the two-phase file sink; ``pg_sink`` puts
+the PostgreSQL writer (``postgres``: DB transaction + compare-and-set of the stored
+offsets) behind the same protocol.
 """
