@@ -135,7 +135,9 @@ def test_zombie_sink_worker_is_fenced(kafka: KafkaEnv, tmp_path: Path) -> None:
 
 def test_workers_join_and_leave_under_load(kafka: KafkaEnv, tmp_path: Path) -> None:
     rows = 30_000
-    pf = _staged_pipeline(tmp_path, kafka, f"rebal-{uid()}", rows, 2500)
+    # paced to last ~30 s: the joining workers start, check for hanging transactions and
+    # join while rows still flow (at 2,500 rows/s a loaded machine saw the run end first)
+    pf = _staged_pipeline(tmp_path, kafka, f"rebal-{uid()}", rows, 1000)
     logs = {n: tmp_path / f"{n}.log" for n in ("src", "t1", "t2", "s1", "s2")}
     src = popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"])
     t1 = popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["t1"])
@@ -148,6 +150,7 @@ def test_workers_join_and_leave_under_load(kafka: KafkaEnv, tmp_path: Path) -> N
         wait_log(logs["s2"], "sink files: assigned [(", s2)
         wait_log(logs["t2"], "transform shape: assigned [(", t2)
         before = len(sink_lines(pf.out))
+        assert before + 3000 <= rows, f"the run was nearly over ({before} rows) before the new workers joined"
         wait_for_rows(pf.out, before + 3000, timeout=120, proc=s1)
         stop(t2, s2)  # leave mid-run
         wait_for_rows(pf.out, rows, timeout=180, proc=s1)
