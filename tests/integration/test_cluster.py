@@ -253,7 +253,12 @@ def test_cli_two_brokers_rf3_refused_ports_named_broker_reused(tmp_path: Path) -
     assert up.returncode == 0, up.stderr[-3000:]
     try:
         assert "cluster of 2 nodes on 127.0.0.1:29600,127.0.0.1:29601" in up.stdout
+        # a node that just started can take a moment to answer for itself on a loaded machine
+        deadline = time.monotonic() + 60
         status = _cli("kafka", "status", "--data-dir", d)
+        while status.returncode != 0 and time.monotonic() < deadline:
+            time.sleep(1)
+            status = _cli("kafka", "status", "--data-dir", d)
         assert status.returncode == 0 and status.stdout.count(": running, pid") == 2, status.stdout
         logs = _cli("kafka", "logs", "--data-dir", d, "-n", "3")
         assert "==> node 1:" in logs.stdout and "==> node 2:" in logs.stdout
