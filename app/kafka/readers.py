@@ -36,6 +36,11 @@ def _consumer(bootstrap: str, kind: str, extra: Mapping[str, Any] | None, *, eof
     return Consumer(conf)
 
 
+def _record(m: Any) -> InRecord:
+    ts_type, ts = m.timestamp()
+    return InRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers(), ts if ts_type else None)
+
+
 def read_topic_to_end(
     bootstrap: str,
     topic: str,
@@ -79,18 +84,7 @@ def read_topic_to_end(
                             done.add(m.partition())
                         continue
                     raise classify("consume", KafkaException(err))
-                ts_type, ts = m.timestamp()
-                out.append(
-                    InRecord(
-                        m.topic(),
-                        m.partition(),
-                        m.offset(),
-                        m.key(),
-                        m.value(),
-                        m.headers(),
-                        ts if ts_type else None,
-                    )
-                )
+                out.append(_record(m))
                 if m.offset() + 1 >= targets[m.partition()]:
                     done.add(m.partition())
             # control records at the tail never surface; position tells the truth
@@ -123,18 +117,7 @@ def read_range(
             batch: list[Any] = c.consume(10_000, 0.3)
             for m in batch:
                 if m.error() is None and m.offset() < end:
-                    ts_type, ts = m.timestamp()
-                    out.append(
-                        InRecord(
-                            m.topic(),
-                            m.partition(),
-                            m.offset(),
-                            m.key(),
-                            m.value(),
-                            m.headers(),
-                            ts if ts_type else None,
-                        )
-                    )
+                    out.append(_record(m))
             pos: Any = c.position([TopicPartition(topic, partition)])[0].offset
             if pos >= end:
                 return out
