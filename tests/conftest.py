@@ -22,7 +22,37 @@ import pytest
 
 from app.kafka.local_broker import LocalBroker
 
-TEST_PORT = int(os.environ.get("LEDGERFLOW_TEST_KAFKA_PORT", "39092"))
+# Every server a test session starts, by the variable that moves its port and its
+# default. Under pytest-xdist each worker runs its own session with its own servers:
+# worker N shifts every port by N * WORKER_PORT_STRIDE, before any test module reads them.
+# Shifted or not, every port stays below Linux's ephemeral range (32768-60999): a port
+# there can be held by some client connection's local end when a server wants it.
+TEST_PORT_DEFAULTS = {
+    "LEDGERFLOW_TEST_KAFKA_PORT": 19092,  # the session broker (+1: its controller)
+    "LEDGERFLOW_TEST_KAFKA_PORT2": 19192,  # a second local broker for the CLI tests
+    "LEDGERFLOW_TEST_PG_PORT": 15432,
+    "LEDGERFLOW_TEST_S3_PORT": 28330,  # a block of 30 (tests/s3env.py)
+    "LEDGERFLOW_TEST_REGISTRY_PORT": 28081,
+    "LEDGERFLOW_TEST_CLUSTER_PORT": 29092,  # a block of 401 (tests/cluster.py)
+    "LEDGERFLOW_TEST_BOUNCE_PORT": 29900,  # the broker-bounce tests' own broker
+    "LEDGERFLOW_TEST_SECURE_PORT": 29600,  # the secured broker (+1 controller, +2 SASL_SSL)
+}
+WORKER_PORT_STRIDE = 1000
+
+
+def _worker_slot() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+def _assign_worker_ports() -> None:
+    slot = _worker_slot()
+    for var, default in TEST_PORT_DEFAULTS.items():
+        os.environ[var] = str(int(os.environ.get(var, default)) + slot * WORKER_PORT_STRIDE)
+
+
+_assign_worker_ports()
+TEST_PORT = int(os.environ["LEDGERFLOW_TEST_KAFKA_PORT"])
 
 
 @dataclass
@@ -86,7 +116,7 @@ def postgres() -> Iterator[object]:
     Fails — never skips — when the server binaries are missing."""
     from tests.pgserver import PgServer
 
-    server = PgServer(int(os.environ.get("LEDGERFLOW_TEST_PG_PORT", "35432")))
+    server = PgServer(int(os.environ.get("LEDGERFLOW_TEST_PG_PORT", "15432")))
     try:
         server.init()
     except Exception as exc:
@@ -99,9 +129,27 @@ def postgres() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def s3() -> Iterator[object]:
+    """A real S3 store (SeaweedFS, tests/s3env.py: ``S3Env``) on its own ports.
+    Fails — never skips — when it cannot be built or started."""
+    from tests.s3env import start_s3
+
+    yield from start_s3()
+
+
+@pytest.fixture(scope="session")
 def cluster() -> Iterator[object]:
     """A three-node local Kafka cluster behind the fault proxy, on its own ports
     (tests/cluster.py: ``ClusterEnv``). Fails — never skips — when it cannot start."""
     from tests.cluster import start_cluster
 
     yield from start_cluster()
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[object]:
+    """A real schema registry (Apicurio Registry, tests/registry_env.py: ``RegistryEnv``)
+    on its own port. Fails — never skips — when it cannot be resolved or started."""
+    from tests.registry_env import start_registry
+
+    yield from start_registry()

@@ -361,16 +361,48 @@ def assert_pg_exactly_once(kafka: KafkaEnv, pf: PipelineFiles, dsn: str, expecte
     group = admin.group_offsets(f"ledgerflow.{pf.name}.sink.db", parts)
     # the journal covers exactly what the database committed: part events, plus
     # recovery events where Kafka had to be reconciled from the database
-    covered: dict[int, int] = {}
-    for ev in load_journal(kafka.bootstrap, f"{pf.name}.journal").values():
-        if ev.kind == "part_committed" and ev.part is not None and ev.part.topic == pf.clean:
-            covered[ev.part.partition] = max(covered.get(ev.part.partition, 0), ev.part.last_offset + 1)
-        elif ev.kind == "recovery" and ev.detail and ev.detail.get("topic") == pf.clean:
-            p = int(ev.detail["partition"])
-            covered[p] = max(covered.get(p, 0), int(ev.detail["to"]))
+    covered = journal_coverage(kafka, pf.name, pf.clean)
     for tp in parts:
         assert covered.get(tp[1]) == stored.get(tp[1]), (
             f"{tp}: journal covers {covered.get(tp[1])}, db {stored.get(tp[1])}"
         )
         assert group.get(tp) == stored.get(tp[1]), f"{tp}: group {group.get(tp)} vs database {stored.get(tp[1])}"
         assert ends[tp] - stored.get(tp[1], 0) <= 1, f"{tp}: database at {stored.get(tp[1])}, end {ends[tp]}"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fenced_count(port: int, sink: str) -> float:
+    """``ledgerflow_transactions_total{outcome="fenced"}`` of ``sink`` from a worker's /metrics."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if (
+            line.startswith("ledgerflow_transactions_total{")
+            and 'outcome="fenced"' in line
+            and f'name="{sink}"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def journal_coverage(kafka: KafkaEnv, pipeline: str, topic: str) -> dict[int, int]:
+    """Next offset per partition of ``topic`` the journal says a transactional sink
+    committed: its ``part_committed`` events, plus ``recovery`` events where Kafka was
+    reconciled from the sink's own store."""
+    covered: dict[int, int] = {}
+    for ev in load_journal(kafka.bootstrap, f"{pipeline}.journal").values():
+        if ev.kind == "part_committed" and ev.part is not None and ev.part.topic == topic:
+            covered[ev.part.partition] = max(covered.get(ev.part.partition, 0), ev.part.last_offset + 1)
+        elif ev.kind == "recovery" and ev.detail and ev.detail.get("topic") == topic:
+            p = int(ev.detail["partition"])
+            covered[p] = max(covered.get(p, 0), int(ev.detail["to"]))
+    return covered

@@ -52,8 +52,17 @@ class PgServer:
             c.execute("CREATE DATABASE ledgerflow")
 
     def start(self) -> None:
+        """Start the server; a failure names the server's own last log lines."""
+        log = self.root / "pg.log"
         opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c max_connections=50"
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", opts, "-w", "start")
+        try:
+            self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", opts, "-w", "start")
+        except subprocess.CalledProcessError as exc:
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            raise RuntimeError(
+                f"PostgreSQL on port {self.port} did not start (pg_ctl exit {exc.returncode}): "
+                f"{exc.stderr.strip()} | pg.log: " + " / ".join(tail)
+            ) from exc
 
     def stop(self, mode: str = "fast") -> None:
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop", check=False)

@@ -33,9 +33,13 @@ def _data(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get("LEDGERFLOW_KAFKA_DATA", ".ledgerflow/kafka"))
 
 
-def _broker(data_dir: str | None, port: int | None) -> LocalBroker:
+def _broker(data_dir: str | None, port: int | None, *, secure: bool | None = None) -> LocalBroker:
+    """The data dir's broker; ``secure`` None: secured when its data dir was formatted so."""
     p = port or int(os.environ.get("LEDGERFLOW_KAFKA_PORT", DEFAULT_PORT))
-    return LocalBroker(_data(data_dir), port=p)
+    d = _data(data_dir)
+    if secure is None:
+        secure = (d / "secure" / "formatted").exists()
+    return LocalBroker(d, port=p, secure=secure)
 
 
 def _cluster(data_dir: str | None) -> LocalCluster | None:
@@ -70,9 +74,18 @@ def resolve_cmd() -> None:
     "--heap-mb", type=int, default=None, help=f"Heap per node [512; {DEFAULT_CLUSTER_HEAP_MB} per cluster node]."
 )
 @click.option("--no-proxy", is_flag=True, help="Cluster without the fault proxy in front of the client listeners.")
-def up_cmd(data_dir: str | None, port: int | None, brokers: int, heap_mb: int | None, no_proxy: bool) -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Add a SASL_SSL listener on port+2: SCRAM-SHA-512 users, a throwaway CA, ACLs enforced (docs/security.md).",
+)
+def up_cmd(
+    data_dir: str | None, port: int | None, brokers: int, heap_mb: int | None, no_proxy: bool, secure: bool
+) -> None:
     """Start the broker, or a cluster with --brokers 3 (idempotent: a running one is left alone)."""
     t0 = time.monotonic()
+    if secure and (brokers > 1 or _cluster(data_dir) is not None):
+        raise click.ClickException("--secure is for the single-node broker (the cluster has no SASL_SSL listener yet)")
     if brokers > 1 or _cluster(data_dir) is not None:
         existing = _cluster(data_dir)
         if existing is not None and existing.running() and existing.layout.brokers != brokers:
@@ -97,12 +110,17 @@ def up_cmd(data_dir: str | None, port: int | None, brokers: int, heap_mb: int | 
             f"(proxy {'on' if cluster.layout.proxy else 'off'}); data {cluster.data_dir}"
         )
         return
-    broker = _broker(data_dir, port)
+    broker = _broker(data_dir, port, secure=secure)
     broker.heap_mb = heap_mb or broker.heap_mb
     try:
         state, started = broker.up()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
+    if state.sasl_port:
+        click.echo(
+            f"secured listener: SASL_SSL {state.secure_bootstrap} (SCRAM-SHA-512); CA {broker.secure_dir / 'ca.pem'}; "
+            f"super user admin, password in {broker.secure_dir / 'admin.password'}"
+        )
     if started:
         click.echo(
             f"started Apache Kafka {state.version} on {state.bootstrap} (pid {state.pid}) "
@@ -152,8 +170,9 @@ def status_cmd(data_dir: str | None, port: int | None) -> None:
         click.echo(f"not running (data dir {broker.data_dir})")
         sys.exit(1)
     ok = answers_metadata(state.bootstrap)
+    secured = f", SASL_SSL {state.secure_bootstrap}" if state.sasl_port else ""
     click.echo(
-        f"{'up' if ok else 'NOT ANSWERING'}: Apache Kafka {state.version} on {state.bootstrap} "
+        f"{'up' if ok else 'NOT ANSWERING'}: Apache Kafka {state.version} on {state.bootstrap}{secured} "
         f"pid {state.pid}, up {time.time() - state.started_at:.0f}s, log {state.log_file}"
     )
     sys.exit(0 if ok else 1)
@@ -231,3 +250,81 @@ def tool_cmd(tool: str, args: tuple[str, ...]) -> None:
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(subprocess.call(cmd))
+
+
+@kafka_group.group("user")
+def user_group() -> None:
+    """SCRAM-SHA-512 users of the secured broker (`kafka up --secure`), through the Admin API."""
+
+
+@user_group.command("add")
+@_data_opt
+@_port_opt
+@click.argument("name")
+@click.option(
+    "--password-env", default=None, help="Take the password from this environment variable (else one is generated)."
+)
+def user_add_cmd(data_dir: str | None, port: int | None, name: str, password_env: str | None) -> None:
+    """Create user NAME (or set its password). The password is never printed: a generated
+    one is stored in <data-dir>/secure/NAME.password (mode 0600)."""
+    from app.security.scram import ScramError, ensure_password, password_file, upsert_user
+
+    broker = _broker(data_dir, port, secure=True)
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if not password:
+            raise click.ClickException(f"--password-env: environment variable {password_env} is not set")
+        where = f"${password_env}"
+    else:
+        password, where = ensure_password(broker.secure_dir, name), str(password_file(broker.secure_dir, name))
+    try:
+        upsert_user(broker.secure_bootstrap, broker.admin_settings(), name, password)
+    except (ScramError, BrokerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {name}: SCRAM-SHA-512 credential set (password from {where})")
+
+
+@user_group.command("delete")
+@_data_opt
+@_port_opt
+@click.argument("name")
+def user_delete_cmd(data_dir: str | None, port: int | None, name: str) -> None:
+    """Delete user NAME's credential; its sessions fail at their next re-authentication."""
+    from app.security.scram import ScramError, delete_user
+
+    broker = _broker(data_dir, port, secure=True)
+    try:
+        delete_user(broker.secure_bootstrap, broker.admin_settings(), name)
+    except (ScramError, BrokerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {name}: deleted")
+
+
+@kafka_group.command("client-config")
+@click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
+def client_config_cmd(pipeline: str) -> None:
+    """Print the librdkafka settings PIPELINE's clients get, one `key=value` a line; a
+    secret shows where it comes from (`<secret from env VAR>`), never its value."""
+    from app.cli.run_cmd import _load
+    from app.config.pipeline import resolve_bootstrap
+
+    spec = _load(pipeline)
+    click.echo(f"bootstrap.servers={resolve_bootstrap(spec) or '<local broker>'}")
+    for key, value in sorted(spec.kafka.config.items()):
+        click.echo(f"{key}={value}")
+    for key, ref in sorted(spec.kafka.secrets.items()):
+        where = f"env {ref.env}" if ref.env is not None else f"file {ref.file}"
+        click.echo(f"{key}=<secret from {where}>")
+
+
+@kafka_group.command("certs")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--host", "hosts", multiple=True, default=["localhost"], show_default=True, help="Name(s) in the cert.")
+def certs_cmd(directory: str, hosts: tuple[str, ...]) -> None:
+    """Write a throwaway CA (ca.pem, ca.key) and a broker keystore for HOST (server.p12 and
+    its password file) into DIRECTORY, unless they exist: for a broker ledgerflow does not
+    start itself (deploy/docker-compose.secure.yml). Not for production."""
+    from app.security.certs import ensure_tls
+
+    tls = ensure_tls(Path(directory), list(hosts))
+    click.echo(f"CA {tls.ca_cert}; keystore {tls.keystore} (password in {tls.keystore_password_file})")

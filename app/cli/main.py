@@ -9,10 +9,15 @@ from pathlib import Path
 import click
 
 from app import __version__
+from app.cli.acl_cmd import acl_group
+from app.cli.iceberg_cmd import iceberg_group
 from app.cli.kafka_cmd import kafka_group
 from app.cli.ops_cmd import dlq_group, inspect_cmd, journal_group
 from app.cli.recover_cmd import recover_cmd
+from app.cli.registry_cmd import registry_group
 from app.cli.run_cmd import demo_cmd, run_cmd, validate_cmd
+from app.cli.s3_cmd import s3_group
+from app.cli.schemas_cmd import schemas_group
 from app.cli.topics_cmd import topics_group
 
 
@@ -42,6 +47,11 @@ cli.add_command(journal_group)
 cli.add_command(inspect_cmd)
 cli.add_command(dlq_group)
 cli.add_command(recover_cmd)
+cli.add_command(iceberg_group)
+cli.add_command(s3_group)
+cli.add_command(registry_group)
+cli.add_command(schemas_group)
+cli.add_command(acl_group)
 
 
 def main() -> None:

@@ -6,10 +6,11 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
-from app.config.pipeline import load_pipeline, resolve_bootstrap
+from app.config.pipeline import PipelineSpec, load_pipeline, resolve_bootstrap
 from app.config.yamlsrc import SpecError
 from app.journal.events import decode_event
 from app.journal.keys import sink_prefix
@@ -20,6 +21,14 @@ from app.kafka.local_broker import ensure_bootstrap
 from app.kafka.readers import count_records
 from app.runtime.stage import group_id
 from app.sinks.files import FileSink
+
+
+def _client_config(spec: PipelineSpec) -> dict[str, Any]:
+    """The spec's client settings (SASL/TLS), secrets resolved; a missing secret names its reference."""
+    try:
+        return spec.kafka.client_config()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group("journal")
@@ -38,11 +47,12 @@ def tail_cmd(pipeline: str, follow: bool, compacted: bool) -> None:
     except SpecError as exc:
         raise click.ClickException(str(exc)) from exc
     bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
+    extra = _client_config(spec)
     if compacted:
-        for ev in load_journal(bootstrap, spec.journal).values():
+        for ev in load_journal(bootstrap, spec.journal, extra=extra).values():
             click.echo(json.dumps(asdict(ev), default=str))
         return
-    consumer = BatchConsumer(bootstrap, f"ledgerflow-journal-tail-{time.time_ns()}")
+    consumer = BatchConsumer(bootstrap, f"ledgerflow-journal-tail-{time.time_ns()}", extra=extra)
     consumer.subscribe([spec.journal])
     idle = 0
     try:
@@ -69,12 +79,16 @@ def inspect_cmd(pipeline: str) -> None:
     except SpecError as exc:
         raise click.ClickException(str(exc)) from exc
     bootstrap = ensure_bootstrap(resolve_bootstrap(spec))
-    admin = Admin(bootstrap)
-    events = load_journal(bootstrap, spec.journal)
+    extra = _client_config(spec)
+    admin = Admin(bootstrap, extra)
+    events = load_journal(bootstrap, spec.journal, extra=extra)
     for tr in spec.transforms:
-        _group_view(admin, group_id(spec.pipeline, "transform", tr.name), tr.input, f"transform {tr.name}")
+        _group_view(admin, group_id(spec.pipeline, "transform", tr.name), tr.input, f"transform {tr.name}", extra)
+        if tr.interval_join is not None:  # its right topic's offsets are committed for the same group
+            group = group_id(spec.pipeline, "transform", tr.name)
+            _group_view(admin, group, tr.interval_join.right, f"transform {tr.name} (interval_join right)", extra)
     for sink in spec.sinks:
-        _group_view(admin, group_id(spec.pipeline, "sink", sink.name), sink.input, f"sink {sink.name}")
+        _group_view(admin, group_id(spec.pipeline, "sink", sink.name), sink.input, f"sink {sink.name}", extra)
         if sink.type != "file":
             continue
         writer = FileSink(sink.name, Path(sink.resolved_path), sink.format)
@@ -105,7 +119,7 @@ def inspect_cmd(pipeline: str) -> None:
             click.echo(f"source checkpoint {key}: offset {cp.offset}, rows {cp.rows}")
 
 
-def _group_view(admin: Admin, group: str, topic: str, label: str) -> None:
+def _group_view(admin: Admin, group: str, topic: str, label: str, extra: dict[str, Any]) -> None:
     try:
         parts = [(topic, p) for p in admin.partitions_of(topic)]
     except KeyError:
@@ -115,7 +129,7 @@ def _group_view(admin: Admin, group: str, topic: str, label: str) -> None:
     # the last committed offsets: a live stage always has a transaction open
     committed = admin.group_offsets(group, parts, require_stable=False)
     # lag in records, not offsets: transaction markers occupy offsets too
-    lags = count_records(admin.bootstrap, {tp: (committed.get(tp, 0), ends[tp]) for tp in parts})
+    lags = count_records(admin.bootstrap, {tp: (committed.get(tp, 0), ends[tp]) for tp in parts}, extra=extra)
     click.echo(f"{label} (group {group}, input {topic}):")
     for tp in parts:
         c = committed.get(tp)

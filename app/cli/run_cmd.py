@@ -16,6 +16,8 @@ from app.config.pipeline import PipelineSpec, load_pipeline
 from app.config.yamlsrc import SpecError
 from app.observability.prometheus import PrometheusHooks, serve
 from app.runtime.supervisor import STAGES, MissingTopics, SpecSecretError, Supervisor
+from app.security.preflight import KafkaAccessError
+from app.sinks.base import SinkUnavailable
 
 log = logging.getLogger("ledgerflow.cli")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +104,7 @@ def run_spec(
     )
     try:
         sup.build()
-    except (SpecSecretError, MissingTopics) as exc:
+    except (SpecSecretError, MissingTopics, SinkUnavailable, KafkaAccessError) as exc:
         raise click.ClickException(str(exc)) from exc
     if os.environ.get("LEDGERFLOW_HANGING_CHECK", "1") != "0":
         from app.cli.recover_cmd import clear_hanging_on_start
@@ -176,16 +178,35 @@ def validate_cmd(pipeline: str) -> None:
 
 @click.command("demo")
 @click.option("--pipeline", "pipeline", default=str(REPO_ROOT / "pipelines" / "demo.yaml"), show_default=True)
-def demo_cmd(pipeline: str) -> None:
-    """Run the demo pipeline end to end (generator → transform → Parquet files) on the
-    local broker, then count what landed. Re-running it adds nothing: exactly once."""
+@click.option(
+    "--sink",
+    "target",
+    type=click.Choice(["files", "s3", "iceberg"]),
+    default="files",
+    show_default=True,
+    help="Where the rows land: Parquet files, a local S3 store (SeaweedFS, started here), "
+    "or an Iceberg table (SQLite catalog, local warehouse).",
+)
+def demo_cmd(pipeline: str, target: str) -> None:
+    """Run the demo pipeline end to end (generator → transform → a sink) on the local
+    broker, then count what landed. Re-running it adds nothing: exactly once."""
+    from app.cli.demo_lake import lake_target
+
     spec = _load(pipeline)
-    hooks = PrometheusHooks(spec.pipeline)
-    t0 = time.monotonic()
-    code = run_spec(spec, stage="all", worker_id="demo", exit_when_done=True, metrics_port=None, hooks=hooks)
-    elapsed = time.monotonic() - t0
-    if code != 0:
-        sys.exit(code)
+    with lake_target(spec, target) as (spec, path, count):
+        pipeline = path or pipeline
+        hooks = PrometheusHooks(spec.pipeline)
+        t0 = time.monotonic()
+        code = run_spec(spec, stage="all", worker_id="demo", exit_when_done=True, metrics_port=None, hooks=hooks)
+        elapsed = time.monotonic() - t0
+        if code != 0:
+            sys.exit(code)
+        if count is not None:
+            click.echo(count())
+    _demo_report(spec, pipeline, hooks, elapsed)
+
+
+def _demo_report(spec: PipelineSpec, pipeline: str, hooks: PrometheusHooks, elapsed: float) -> None:
     import pyarrow.parquet as pq
 
     for sink in spec.sinks:

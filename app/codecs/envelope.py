@@ -153,3 +153,38 @@ def decode_envelope(buf: bytes) -> tuple[str, str | None, bytes, str, str, int |
     if i != len(buf):
         raise EnvelopeError(f"{len(buf) - i} trailing bytes")
     return tid.decode(), key, payload, sid.decode(), pos.decode(), ts, lineage
+
+
+def string_part(s: str) -> bytes:
+    """The encoding of one Avro ``string`` (length, bytes): constant envelope fields
+    (a batch's source id) are encoded once and joined as they are."""
+    b = s.encode()
+    return _len(len(b)) + b
+
+
+def lineage_part(lineage: list[str]) -> bytes:
+    """The encoding of the ``lineage`` array, terminator included."""
+    if not lineage:
+        return _EMPTY_ARRAY
+    return b"".join([_len(len(lineage)), *(string_part(s) for s in lineage), _EMPTY_ARRAY])
+
+
+def encode_parts(
+    tid: bytes, key: bytes | None, payload: bytes, sid: bytes, pos: bytes, ts: int | None, lineage: bytes
+) -> bytes:
+    """``encode_envelope`` with the source id and lineage already encoded (``string_part``,
+    ``lineage_part``): the same bytes, without a token dict or per-row work on constants."""
+    return b"".join(
+        (
+            _len(len(tid)),
+            tid,
+            _NULL if key is None else _SOME + _len(len(key)) + key,
+            _len(len(payload)),
+            payload,
+            sid,
+            _len(len(pos)),
+            pos,
+            _NULL if ts is None else _SOME + _ts(ts),
+            lineage,
+        )
+    )

@@ -3,13 +3,18 @@
 The token id comes from the record's topic/partition/offset, so the exactly-once
 guarantee of ledgerflow's sinks holds for data that never passed a ledgerflow
 source. Formats: ``json`` (a JSON object), ``avro`` (schemaless, schema from
-``schemas/``), ``raw`` (bytes: ``{"value": str}`` when UTF-8, else ``{"value_b64": ...}``).
+``schemas/``), ``raw`` (bytes: ``{"value": str}`` when UTF-8, else ``{"value_b64": ...}``),
+and the Confluent-framed ``avro_registry`` / ``json_schema_registry``, whose payload
+decoder (``app.codecs.registry``) is handed in by the caller with its registry client.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from io import BytesIO
 from typing import Any
 
@@ -23,18 +28,28 @@ from app.tokens import Token, external_token_id
 ExternalDecoder = Callable[[str, int, int, bytes | None, bytes | None, int | None], Token]
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """A decoded Avro value as JSON data: bytes → base64; decimal, uuid, date and time
+    logical types → their string forms (the same row on every path: tokens carry JSON)."""
     if isinstance(v, bytes):
         return base64.b64encode(v).decode()
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: jsonable(x) for k, x in v.items()}
     if isinstance(v, list):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
+    if isinstance(v, Decimal | uuid.UUID):
+        return str(v)
+    if isinstance(v, dt.date | dt.time):  # datetime is a date
+        return v.isoformat()
     return v
 
 
-def make_external_decoder(fmt: str, schema_file: str | None) -> ExternalDecoder:
-    if fmt == "json":
+def make_external_decoder(
+    fmt: str, schema_file: str | None, payload_decoder: Callable[[bytes], dict[str, Any]] | None = None
+) -> ExternalDecoder:
+    if payload_decoder is not None:
+        payload_of = payload_decoder
+    elif fmt == "json":
 
         def payload_of(value: bytes) -> dict[str, Any]:
             try:
@@ -57,7 +72,7 @@ def make_external_decoder(fmt: str, schema_file: str | None) -> ExternalDecoder:
                 raise CodecError("avro_decode", f"{type(exc).__name__}: {exc}") from exc
             if not isinstance(rec, dict):
                 raise CodecError("avro_not_record", "Avro value is not a record")
-            return {k: _jsonable(v) for k, v in rec.items()}
+            return {k: jsonable(v) for k, v in rec.items()}
 
     elif fmt == "raw":
 

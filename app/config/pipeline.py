@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
@@ -19,7 +19,7 @@ from app.config.yamlsrc import load_model
 
 _NAME = r"^[a-zA-Z0-9_-]+$"
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-STEP_KINDS = ("filter", "map", "flat_map", "project", "route")
+STEP_KINDS = ("filter", "map", "flat_map", "project", "route", "cast", "interval_join")
 
 
 class _Model(BaseModel):
@@ -50,13 +50,13 @@ class SecretRef(_Model):
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise ValueError(f"kafka.secrets.{setting}: environment variable {self.env} is not set")
+                raise ValueError(f"{setting}: environment variable {self.env} is not set")
             return SecretStr(value)
         assert self.file is not None
         try:
             return SecretStr(Path(self.file).read_text().strip())
         except OSError as exc:
-            raise ValueError(f"kafka.secrets.{setting}: cannot read {self.file}: {exc.strerror}") from exc
+            raise ValueError(f"{setting}: cannot read {self.file}: {exc.strerror}") from exc
 
 
 class KafkaSettings(_Model):
@@ -67,12 +67,63 @@ class KafkaSettings(_Model):
     config: dict[str, str | int | bool | float] = Field(default_factory=dict)
     secrets: dict[str, SecretRef] = Field(default_factory=dict)
 
+    SECRET_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _no_inline_secret(cls, v: dict[str, Any]) -> dict[str, Any]:
+        inline = sorted(k for k in v if k in cls.SECRET_KEYS)
+        if inline:
+            raise ValueError(f"{', '.join(inline)}: a secret goes under kafka.secrets ({{env: VAR}} or {{file: path}})")
+        return v
+
     def client_config(self) -> dict[str, Any]:
         """Settings for librdkafka, secrets resolved (never log the result)."""
         out: dict[str, Any] = dict(self.config)
         for key, ref in self.secrets.items():
-            out[key] = ref.resolve(key).get_secret_value()
+            out[key] = ref.resolve(f"kafka.secrets.{key}").get_secret_value()
         return out
+
+
+class RegistryBasicAuth(_Model):
+    """Basic-auth credentials of the schema registry, by reference only (never logged)."""
+
+    username: SecretRef
+    password: SecretRef
+
+
+class RegistryTLS(_Model):
+    ca_location: str | None = None  # CA bundle (file) or directory that signs the registry's certificate
+    certificate_location: str | None = None  # client certificate (mutual TLS)
+    key_location: str | None = None  # its private key
+
+    @field_validator("ca_location", "certificate_location", "key_location")
+    @classmethod
+    def _paths(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _resolve(v, info)
+
+
+class RegistrySettings(_Model):
+    """Where the schema registry is (Confluent API; Apicurio: ``.../apis/ccompat/v7``)."""
+
+    url: str | None = None  # else LEDGERFLOW_REGISTRY_URL
+    basic_auth: RegistryBasicAuth | None = None
+    tls: RegistryTLS | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=300)  # per request: a lost reply never hangs a stage
+    max_wait_s: float = Field(default=120.0, ge=0)  # an unreachable registry is waited out this long, with backoff
+    cache_capacity: int = Field(default=1000, gt=0)  # schemas kept by the client
+
+    def resolved_url(self) -> str:
+        url = self.url or os.environ.get("LEDGERFLOW_REGISTRY_URL")
+        if not url:
+            raise ValueError("registry: no url in the spec and $LEDGERFLOW_REGISTRY_URL is not set")
+        return url
+
+
+REGISTRY_FORMATS = ("avro_registry", "json_schema_registry")
+InputFormat = Literal["token", "json", "avro", "raw", "avro_registry", "json_schema_registry"]
 
 
 class CommitSettings(_Model):
@@ -140,7 +191,47 @@ class RouteStep(_Model):
     default: str | None = None
 
 
-Step = Annotated[FilterStep | MapStep | FlatMapStep | ProjectStep | RouteStep, Field(discriminator="kind")]
+class CastStep(_Model):
+    """Convert payload fields to a JSON type (``{field: int|float|string|bool}``); a value
+    that does not convert sends its row to the DLQ (``transform_error``)."""
+
+    kind: Literal["cast"] = "cast"
+    fields: dict[str, Literal["int", "float", "string", "bool"]] = Field(min_length=1)
+
+
+class IntervalJoinStep(_Model):
+    """Stream-stream interval join with the co-partitioned topic ``right``: a left row
+    (the transform's input) and a right row pair when their keys are equal and
+    ``t_left - before_ms <= t_right <= t_left + after_ms`` (see docs/joins.md). Only
+    the first step of a transform: the steps after it apply to its output."""
+
+    kind: Literal["interval_join"] = "interval_join"
+    right: str  # the right topic: same partition count as the input, keyed like it
+    right_format: InputFormat | None = None  # how the right topic's records decode; default: input_format
+    key: str | None = None  # payload field with the join key; null = the record key
+    time: str | None = None  # payload field with the event time (ms); null = event_time_ms
+    right_key: str | None = None  # default: key
+    right_time: str | None = None  # default: time
+    before_ms: int = Field(ge=0)
+    after_ms: int = Field(ge=0)
+    grace_ms: int = Field(default=0, ge=0)  # each side's watermark is its largest event time - grace_ms
+    type: Literal["inner", "left", "outer"] = "inner"
+    prefix: str = "r_"  # prepended to the right fields' names in the output
+    fields: list[str] = Field(default_factory=list)  # right fields to add; [] = all
+
+    @property
+    def right_key_field(self) -> str | None:
+        return self.right_key if self.right_key is not None else self.key
+
+    @property
+    def right_time_field(self) -> str | None:
+        return self.right_time if self.right_time is not None else self.time
+
+
+Step = Annotated[
+    FilterStep | MapStep | FlatMapStep | ProjectStep | RouteStep | CastStep | IntervalJoinStep,
+    Field(discriminator="kind"),
+]
 
 
 def _step_from_yaml(item: Any, index: int) -> Any:
@@ -154,19 +245,29 @@ def _step_from_yaml(item: Any, index: int) -> Any:
         return {"kind": kind, "function": args}
     if not isinstance(args, dict):
         raise ValueError(f"step {index}: {kind} needs a mapping of arguments")
+    if kind == "cast":
+        return {"kind": kind, "fields": args}
     return {"kind": kind, **args}
 
 
 class WindowSpec(_Model):
-    """Event-time windows: tumbling (``size_ms``) or hopping (``size_ms`` every ``advance_ms``)."""
+    """Event-time windows: tumbling (``size_ms``), hopping (``size_ms`` every
+    ``advance_ms``) or session (a key's rows within ``gap_ms`` of each other)."""
 
-    type: Literal["tumbling", "hopping"] = "tumbling"
-    size_ms: int = Field(gt=0)
+    type: Literal["tumbling", "hopping", "session"] = "tumbling"
+    size_ms: int | None = Field(default=None, gt=0)
     advance_ms: int | None = Field(default=None, gt=0)
+    gap_ms: int | None = Field(default=None, gt=0)
     allowed_lateness_ms: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _advance(self) -> WindowSpec:
+        if self.type == "session":
+            if self.gap_ms is None or self.size_ms is not None or self.advance_ms is not None:
+                raise ValueError("a session window needs gap_ms and takes no size_ms or advance_ms")
+            return self
+        if self.size_ms is None or self.gap_ms is not None:
+            raise ValueError(f"a {self.type} window needs size_ms and takes no gap_ms")
         if self.type == "hopping" and (self.advance_ms is None or self.advance_ms > self.size_ms):
             raise ValueError("a hopping window needs advance_ms, at most size_ms")
         if self.type == "tumbling" and self.advance_ms is not None and self.advance_ms != self.size_ms:
@@ -205,19 +306,45 @@ class StatefulFunction(_Model):
     function: str
 
 
-StatefulStep = Annotated[DedupeOp | AggregateOp | StatefulFunction, Field(discriminator="kind")]
-STATEFUL_KINDS = ("dedupe", "aggregate", "function")
+class LookupJoinOp(_Model):
+    """Join each row with the version of a table topic's record in force at its event time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    kind: Literal["lookup_join"] = "lookup_join"
+    table: str  # compacted topic, keyed by the table key; co-partitioned with the input unless global
+    table_format: Literal["json"] = "json"  # each record's value: a JSON object (None: a tombstone)
+    table_time_field: str | None = None  # field with the version's time (ms); default: the record timestamp
+    key_field: str | None = None  # payload field holding the table key; default: the record key
+    type: Literal["inner", "left"] = "inner"
+    fields: list[str] = Field(default_factory=list)  # table fields to add (default: all)
+    prefix: str = ""  # prepended to the added fields' names
+    time_field: str | None = None  # payload field with the row's event time; default: event_time_ms
+    history_retention_ms: int = Field(default=86_400_000, gt=0)
+    global_table: bool = Field(default=False, alias="global")  # every worker holds every partition
+
+
+StatefulStep = Annotated[DedupeOp | AggregateOp | StatefulFunction | LookupJoinOp, Field(discriminator="kind")]
+STATEFUL_KINDS = ("dedupe", "aggregate", "function", "lookup_join")
 
 
 class Transform(_Model):
     name: str = Field(pattern=_NAME)
     input: str
-    input_format: Literal["token", "json", "avro", "raw"] = "token"
+    input_format: InputFormat = "token"
     input_schema: str | None = None
     output: str | None = None
+    # token: ledgerflow's envelope; *_registry: Confluent-framed records for consumers outside ledgerflow
+    output_format: Literal["token", "avro_registry", "json_schema_registry"] = "token"
+    output_schema: str | None = None  # .avsc / JSON schema file written with (registered under the subject)
+    subject_strategy: Literal["topic", "record", "topic_record"] = "topic"
+    auto_register: bool = True  # false: write with the subject's latest registered version
     steps: list[Step] = Field(default_factory=list)
+    columnar: bool = True  # declarative steps run on Arrow batches (docs/columnar.md); false: row by row
     stateful: StatefulStep | None = None  # runs after the steps, on state kept per input partition
     store: str | None = Field(default=None, pattern=_NAME)  # state store name; default: the transform's
+    # 1: each worker keeps warm copies of the store's partitions it does not own (app/state/standby.py)
+    standby_replicas: int = Field(default=0, ge=0, le=1)
 
     @field_validator("stateful", mode="before")
     @classmethod
@@ -240,6 +367,22 @@ class Transform(_Model):
     def store_name(self) -> str:
         return self.store or self.name
 
+    @property
+    def interval_join(self) -> IntervalJoinStep | None:
+        """The transform's interval join (always its first step), if it has one."""
+        first = self.steps[0] if self.steps else None
+        return first if isinstance(first, IntervalJoinStep) else None
+
+    @property
+    def has_state(self) -> bool:
+        """A state store with a changelog: a stateful operator, or an interval join."""
+        return self.stateful is not None or self.interval_join is not None
+
+    @field_validator("output_schema")
+    @classmethod
+    def _output_schema_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _resolve(v, info)
+
     @field_validator("steps", mode="before")
     @classmethod
     def _steps(cls, v: Any) -> Any:
@@ -248,32 +391,97 @@ class Transform(_Model):
         return v
 
     @model_validator(mode="after")
+    def _standby(self) -> Transform:
+        if self.standby_replicas and not self.has_state:
+            raise ValueError(f"transform {self.name}: standby_replicas needs a state store (a stateful operator)")
+        return self
+
+    @model_validator(mode="after")
     def _schema(self) -> Transform:
         if (self.input_format == "avro") != (self.input_schema is not None):
             raise ValueError("input_schema is required exactly when input_format is avro")
+        if self.output_format == "token" and self.output_schema is not None:
+            raise ValueError("output_schema needs an output_format (avro_registry or json_schema_registry)")
+        if self.output_format != "token" and self.auto_register and self.output_schema is None:
+            raise ValueError("output_format with auto_register needs output_schema (or auto_register: false)")
+        if self.output_format != "token" and self.subject_strategy != "topic" and self.output_schema is None:
+            raise ValueError(f"subject_strategy {self.subject_strategy} needs output_schema (the record name)")
         if self.stateful is not None:
             if self.output is None:
                 raise ValueError("a stateful transform needs an output topic")
             if any(isinstance(st, RouteStep) for st in self.steps):
                 raise ValueError("a stateful transform cannot route (its state is per input partition)")
+        self._check_interval_join()
         return self
+
+    def _check_interval_join(self) -> None:
+        at = [i for i, st in enumerate(self.steps) if isinstance(st, IntervalJoinStep)]
+        if not at:
+            return
+        if at != [0]:
+            raise ValueError(
+                f"transform {self.name}: interval_join must be the first step and appear once "
+                f"(found at step(s) {', '.join(map(str, at))}); the steps after it apply to the joined rows"
+            )
+        if self.stateful is not None:
+            raise ValueError(f"transform {self.name}: an interval_join transform takes no stateful operator")
+        if self.output is None:
+            raise ValueError(f"transform {self.name}: an interval_join transform needs an output topic")
+        if any(isinstance(st, RouteStep) for st in self.steps):
+            raise ValueError(f"transform {self.name}: an interval_join transform cannot route")
+        if self.output_format != "token":
+            raise ValueError(f"transform {self.name}: an interval_join transform writes tokens (output_format: token)")
+        join = self.steps[0]
+        assert isinstance(join, IntervalJoinStep)
+        if join.right == self.input:
+            raise ValueError(f"transform {self.name}: interval_join right topic is the input topic {self.input}")
+        if (join.right_format or self.input_format) in ("avro", *REGISTRY_FORMATS):
+            raise ValueError(f"transform {self.name}: interval_join right_format must be token, json or raw")
 
 
 class PartSettings(_Model):
+    """When a sink cuts a part: at ``max_rows``, ``max_bytes`` or ``max_age_ms``, or once
+    its input has been idle for ``idle_ms`` (0: at the first poll that returns nothing;
+    unset: the sink type's default, see ``_SinkBase.idle_ms``)."""
+
     max_rows: int = Field(default=50_000, gt=0)
     max_bytes: int = Field(default=64 << 20, gt=0)
     max_age_ms: int = Field(default=5_000, gt=0)
+    idle_ms: int | None = Field(default=None, ge=0)
 
 
-class FileSink(_Model):
-    type: Literal["file"]
+# Lake sinks wait 1 s of idle input before cutting: every part is an object or a
+# snapshot, and cutting at each gap between upstream commits multiplies them.
+LAKE_IDLE_MS = 1_000
+
+
+class _SinkBase(_Model):
+    """What every sink entry has: a name, an input topic and how its records decode."""
+
     name: str = Field(pattern=_NAME)
     input: str
-    input_format: Literal["token", "json", "avro", "raw"] = "token"
+    input_format: InputFormat = "token"
     input_schema: str | None = None
+    part: PartSettings = Field(default_factory=PartSettings)
+
+    default_idle_ms: ClassVar[int] = 0  # files and databases: cut as soon as input pauses
+
+    @property
+    def idle_ms(self) -> int:
+        """How long input must be idle before every open part is cut."""
+        return self.part.idle_ms if self.part.idle_ms is not None else self.default_idle_ms
+
+    @model_validator(mode="after")
+    def _input_schema(self) -> _SinkBase:
+        if (self.input_format == "avro") != (self.input_schema is not None):
+            raise ValueError("input_schema is required exactly when input_format is avro")
+        return self
+
+
+class FileSink(_SinkBase):
+    type: Literal["file"]
     path: str
     format: Literal["parquet", "ndjson"] = "parquet"
-    part: PartSettings = Field(default_factory=PartSettings)
     # a row whose encoded input is larger is refused to the DLQ (unwritable_row)
     max_row_bytes: int = Field(default=16 << 20, gt=0)
 
@@ -282,12 +490,6 @@ class FileSink(_Model):
     @property
     def resolved_path(self) -> str:
         return self.path
-
-    @model_validator(mode="after")
-    def _schema(self) -> FileSink:
-        if (self.input_format == "avro") != (self.input_schema is not None):
-            raise ValueError("input_schema is required exactly when input_format is avro")
-        return self
 
 
 class PgColumn(_Model):
@@ -300,12 +502,8 @@ class PgColumn(_Model):
         return self.source or self.name
 
 
-class PostgresSink(_Model):
+class PostgresSink(_SinkBase):
     type: Literal["postgres"]
-    name: str = Field(pattern=_NAME)
-    input: str
-    input_format: Literal["token", "json", "avro", "raw"] = "token"
-    input_schema: str | None = None
     dsn: SecretStr | None = None  # never logged; or take it from the env var named by dsn_env
     dsn_env: str | None = "LEDGERFLOW_PG_DSN"
     table: str
@@ -314,7 +512,6 @@ class PostgresSink(_Model):
     create_table: bool = False
     statement_timeout_ms: int = Field(default=30_000, gt=0)
     use_copy: bool = True  # COPY straight into the table after the CAS, upsert fallback on conflict (else executemany)
-    part: PartSettings = Field(default_factory=PartSettings)
 
     def resolved_dsn(self) -> str:
         if self.dsn is not None:
@@ -330,18 +527,87 @@ class PostgresSink(_Model):
         missing = [k for k in self.key if k not in names]
         if missing:
             raise ValueError(f"key column(s) {missing} are not among the columns {names}")
-        if (self.input_format == "avro") != (self.input_schema is not None):
-            raise ValueError("input_schema is required exactly when input_format is avro")
         return self
 
 
-Sink = Annotated[FileSink | PostgresSink, Field(discriminator="type")]
+class S3Credentials(_Model):
+    """S3 keys by reference only (never inline, never logged)."""
+
+    access_key_id: SecretRef
+    secret_access_key: SecretRef
+
+
+class S3Connection(_Model):
+    """Where an S3-compatible store is and how to sign for it. Without ``credentials``
+    boto3's default chain applies (AWS_* env vars, web identity, instance profile)."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = False  # path-style addressing (most self-hosted stores want it)
+    credentials: S3Credentials | None = None
+    timeout_s: float = Field(default=30.0, gt=0)  # connect and read timeout of every call
+    max_attempts: int = Field(default=4, gt=0)  # per call, with boto3's standard backoff
+
+
+class S3Sink(_SinkBase):
+    type: Literal["s3"]
+    default_idle_ms: ClassVar[int] = LAKE_IDLE_MS
+    bucket: str = Field(min_length=3)
+    prefix: str = ""  # objects go under <prefix>/<topic>/partition=<p>/
+    connection: S3Connection = Field(default_factory=S3Connection)
+    format: Literal["parquet", "ndjson"] = "parquet"
+    max_row_bytes: int = Field(default=16 << 20, gt=0)
+    # parts at least this large go up as a multipart upload; smaller ones as one staged PutObject
+    multipart_threshold_bytes: int = Field(default=8 << 20, ge=0)  # 0: every part multipart
+    upload_part_bytes: int = Field(default=8 << 20, ge=5 << 20)  # S3's minimum part size is 5 MiB
+    conditional_writes: bool = True  # If-None-Match: * on completes (a zombie never overwrites an object)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return v.strip("/")
+
+
+class IcebergCatalog(_Model):
+    """A SQL catalog (SQLAlchemy URL: ``postgresql+psycopg://...`` or ``sqlite:///...``);
+    the URL may hold a password, so give it by reference (``uri_env``) in production."""
+
+    name: str = "ledgerflow"
+    uri: SecretStr | None = None
+    uri_env: str | None = "LEDGERFLOW_ICEBERG_CATALOG_URI"
+
+    def resolved_uri(self, sink: str) -> str:
+        if self.uri is not None:
+            return self.uri.get_secret_value()
+        value = os.environ.get(self.uri_env or "")
+        if not value:
+            raise ValueError(f"sink {sink}: no catalog uri in the spec and ${self.uri_env} is not set")
+        return value
+
+
+class IcebergSink(_SinkBase):
+    type: Literal["iceberg"]
+    default_idle_ms: ClassVar[int] = LAKE_IDLE_MS
+    catalog: IcebergCatalog = Field(default_factory=IcebergCatalog)
+    warehouse: str  # a directory (relative to the spec) or s3://bucket/path
+    s3: S3Connection | None = None  # for an s3:// warehouse
+    table: str = Field(pattern=r"^[A-Za-z_][\w]*\.[A-Za-z_][\w]*$")  # namespace.table
+    max_row_bytes: int = Field(default=16 << 20, gt=0)
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse(cls, v: str, info: ValidationInfo) -> str:
+        return v if "://" in v else _resolve(v, info)
+
+
+Sink = Annotated[FileSink | PostgresSink | S3Sink | IcebergSink, Field(discriminator="type")]
 
 
 class PipelineSpec(_Model):
     pipeline: str = Field(pattern=_NAME)
     topics: list[str] = Field(default_factory=list)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: RegistrySettings | None = None  # needed by the *_registry input and output formats
     commit: CommitSettings = Field(default_factory=CommitSettings)
     journal_topic: str | None = None
     dlq_topic: str | None = None
@@ -365,6 +631,11 @@ class PipelineSpec(_Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{section}: duplicate name(s) {', '.join(dupes)}")
+        if self.registry is None:
+            users = [t.name for t in self.transforms if t.output_format != "token"]
+            users += [x.name for x in [*self.transforms, *self.sinks] if x.input_format in REGISTRY_FORMATS]
+            if users:
+                raise ValueError(f"{', '.join(users)} use a schema registry format: add a 'registry:' block (url)")
         return self
 
     @property
@@ -397,6 +668,10 @@ class PipelineSpec(_Model):
                 use(t.output, f"transform {t.name} (output)")
             if isinstance(t.stateful, AggregateOp) and t.stateful.late != "dlq":
                 use(t.stateful.late, f"transform {t.name} (stateful.aggregate.late)")
+            if isinstance(t.stateful, LookupJoinOp):
+                use(t.stateful.table, f"transform {t.name} (stateful.lookup_join.table)")
+            if t.interval_join is not None:
+                use(t.interval_join.right, f"transform {t.name} (interval_join.right)")
             for st in t.steps:
                 if isinstance(st, RouteStep):
                     for dest in [*st.routes.values(), *([st.default] if st.default else [])]:

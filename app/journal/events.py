@@ -40,6 +40,7 @@ class PartInfo:
     checksum: str
     staging_path: str
     final_path: str
+    handle: str = ""  # the sink's own commit data (S3: upload id and part ETags; Iceberg: snapshot id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ def _record(ev: JournalEvent) -> dict[str, Any]:
             "checksum": p.checksum,
             "staging_path": p.staging_path,
             "final_path": p.final_path,
+            "handle": p.handle,
         },
         "detail": ev.detail,
     }

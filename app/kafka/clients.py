@@ -8,8 +8,11 @@ defaults, so SASL/SSL and tuning pass straight through.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -24,12 +27,112 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from app.kafka.errors import AbortableKafkaError, FatalKafkaError, classify
+from app.kafka.errors import (
+    ACCESS_CODES,
+    FENCED_CODES,
+    AbortableKafkaError,
+    AccessDenied,
+    FatalKafkaError,
+    Identity,
+    LedgerKafkaError,
+    RetriableKafkaError,
+    classify,
+    denial,
+)
 
 log = logging.getLogger("ledgerflow.kafka")
 
 Headers = list[tuple[str, bytes]]
 TP = tuple[str, int]
+
+# Group ids of the assign-mode readers that never join or commit (journal, ranges,
+# changelog restore): ``<prefix><kind>-<uuid>``. librdkafka still looks up their
+# coordinator, so a secured cluster must allow READ on this prefix (``acl plan``).
+THROWAWAY_GROUP_PREFIX = "ledgerflow-"
+# A group consumer whose connections are refused (authentication, TLS) for this long
+# with nothing fetched stops its stage with the refusal, instead of polling forever.
+REFUSAL_GRACE_S = 5.0
+
+
+_DENIED_TOPIC = re.compile(r'Failed to add partition "([^"]+)" \[\d+\] to transaction: Broker: Topic authorization')
+
+
+_FENCED_FATAL = "has been fenced by a newer instance"  # librdkafka's text for a fenced producer
+
+
+class AccessWatch:
+    """What librdkafka reports only through its error and log callbacks: a failed
+    authentication (SASL, TLS) and the topics a transaction was refused on. Every log
+    line is forwarded to ``ledgerflow.kafka`` unchanged (librdkafka never logs secrets)."""
+
+    def __init__(self, who: Identity, *, forward: bool = True) -> None:
+        self.who = who
+        self.forward = forward  # False: keep librdkafka's lines out of the log (a probe that explains them)
+        self.refused: KafkaError | None = None
+        self.refused_at: float | None = None  # monotonic time of the first refusal since the last success
+        self.denied_topics: set[str] = set()
+        self.txn_topics: set[str] = set()  # written in the open transaction (a producer's)
+        self.fenced_seen = False  # librdkafka reported its fatal error as fencing (callback or log)
+
+    def on_error(self, err: KafkaError) -> None:
+        if err.fatal() and err.code() in FENCED_CODES:
+            self.fenced_seen = True
+        if err.code() in ACCESS_CODES:
+            self.refused = err
+            if self.refused_at is None:
+                self.refused_at = time.monotonic()
+
+    def accepted(self) -> None:
+        """A call succeeded: whatever was refused before has passed."""
+        self.refused, self.refused_at = None, None
+
+    def refused_for(self) -> float:
+        return 0.0 if self.refused_at is None else time.monotonic() - self.refused_at
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if self.forward:
+            log.log(level, fmt, *args)
+        if args:
+            if level >= logging.CRITICAL and _FENCED_FATAL in str(args[-1]):
+                self.fenced_seen = True
+            m = _DENIED_TOPIC.search(str(args[-1]))
+            if m:
+                self.denied_topics.add(m.group(1))
+
+    def identity(self) -> Identity:
+        """Who, and the topics refused (from librdkafka's log) or else the ones the client works on."""
+        topics = tuple(sorted(self.denied_topics)) or tuple(sorted(self.txn_topics)) or self.who.topics
+        return Identity(self.who.principal, self.who.transactional_id, self.who.group, topics)
+
+    def explain(self, operation: str, error: LedgerKafkaError) -> LedgerKafkaError:
+        """``error``, or the refusal behind it: a call that timed out or lost its broker
+        while authentication was failing is an ``AccessDenied`` naming that."""
+        if isinstance(error, AccessDenied) or self.refused is None:
+            return error
+        if isinstance(error, RetriableKafkaError) or error.name in (
+            "_TRANSPORT",
+            "_TIMED_OUT",
+            "_ALL_BROKERS_DOWN",
+            "_STUCK",
+        ):
+            code, reason = self.refused.code(), self.refused.str()
+            return AccessDenied(operation, code, self.refused.name(), reason, denial(code, reason, self.identity()))
+        return error
+
+    def classify(self, operation: str, exc: KafkaException) -> LedgerKafkaError:
+        """As ``classify``; a call that failed only with librdkafka's generic fatal error
+        (a ``produce`` after the producer was fenced) is the fencing it reported."""
+        error = classify(operation, exc, self.identity())
+        if isinstance(error, FatalKafkaError) and not error.fenced and error.name == "_FATAL" and self.fenced_seen:
+            reason = f"{error.reason} (fenced by a newer instance)"
+            return FatalKafkaError(operation, error.code, error.name, reason, fenced=True)
+        return self.explain(operation, error)
+
+
+def principal_of(conf: Mapping[str, Any]) -> str:
+    """The principal a client authenticates as (SASL user name), for error messages."""
+    user = conf.get("sasl.username")
+    return f"User:{user}" if user else "User:ANONYMOUS"
 
 
 class InRecord(NamedTuple):
@@ -71,6 +174,9 @@ class TxnProducer:
         }
         conf.update(extra or {})
         self.transactional_id = transactional_id
+        self.access = AccessWatch(Identity(principal_of(conf), transactional_id=transactional_id))
+        conf["logger"] = self.access
+        conf.setdefault("error_cb", self.access.on_error)
         self._p = Producer(conf)
         self._produce = self._p.produce
 
@@ -78,13 +184,20 @@ class TxnProducer:
         try:
             return fn(*args)
         except KafkaException as exc:
-            raise classify(op, exc) from exc
+            self._serve_errors()  # a refusal explains a timeout
+            raise self.access.classify(op, exc) from exc
+
+    def _serve_errors(self) -> None:
+        """Run pending error callbacks; a producer already failed may raise its error again here."""
+        with contextlib.suppress(KafkaException):
+            self._p.poll(0)
 
     def init(self, timeout: float = 60.0) -> None:
         """Register the transactional.id: fences older instances and aborts their open transaction."""
         self._call("init_transactions", self._p.init_transactions, timeout)
 
     def begin(self) -> None:
+        self.access.txn_topics.clear()
         self._call("begin_transaction", self._p.begin_transaction)
 
     def produce(
@@ -96,6 +209,7 @@ class TxnProducer:
         partition: int = -1,
     ) -> None:
         """Queue one record in the open transaction, waiting for queue space if full."""
+        self.access.txn_topics.add(topic)
         while True:
             try:
                 self._produce(topic, value, key, partition=partition, headers=headers)
@@ -103,7 +217,7 @@ class TxnProducer:
             except BufferError:
                 self._p.poll(0.05)
             except KafkaException as exc:
-                raise classify("produce", exc) from exc
+                raise self.access.classify("produce", exc) from exc
 
     def produce_batch(
         self,
@@ -121,6 +235,7 @@ class TxnProducer:
         (served by ``serve_callbacks``; every record is delivered by the time a
         transaction commits)."""
         produce = self._produce
+        self.access.txn_topics.add(topic)
         if len(keys) != len(values):
             raise ValueError(f"produce_batch({topic}): {len(values)} values but {len(keys)} keys")
         head = values if on_last is None else values[:-1]
@@ -147,7 +262,7 @@ class TxnProducer:
                     except BufferError:
                         self._p.poll(0.05)
         except KafkaException as exc:
-            raise classify("produce", exc) from exc
+            raise self.access.classify("produce", exc) from exc
         self._p.poll(0)
 
     def serve_callbacks(self) -> None:
@@ -177,15 +292,17 @@ class TxnProducer:
 
         threading.Thread(target=call, name="send-offsets", daemon=True).start()
         if not done.wait(timeout + 5.0):
-            raise FatalKafkaError(
+            stuck = FatalKafkaError(
                 "send_offsets_to_transaction",
                 -1,
                 "_STUCK",
                 f"no answer within {timeout + 5.0:.0f}s although its timeout is {timeout:.0f}s",
                 fenced=False,
             )
+            self._serve_errors()  # a refused connection explains the silence
+            raise self.access.explain("send_offsets_to_transaction", stuck)
         if failure:
-            raise classify("send_offsets_to_transaction", failure[0]) from failure[0]
+            raise self.access.classify("send_offsets_to_transaction", failure[0]) from failure[0]
 
     def commit(self, timeout: float = 10.0) -> None:
         """Commit the open transaction. The seam retries a timeout a few times, then treats
@@ -236,6 +353,9 @@ class BatchConsumer:
         }
         conf.update(extra or {})
         self.group_id = group_id
+        self.access = AccessWatch(Identity(principal_of(conf), group=group_id))
+        conf["logger"] = self.access
+        conf.setdefault("error_cb", self.access.on_error)
         self._c = Consumer(conf)
         self._on_assign = on_assign
         self._on_revoke = on_revoke
@@ -258,6 +378,8 @@ class BatchConsumer:
             if self._on_revoke is not None:
                 self._on_revoke([(tp.topic, tp.partition) for tp in parts], True)
 
+        who = self.access.who
+        self.access.who = Identity(who.principal, who.transactional_id, who.group, tuple(topics))
         self._c.subscribe(list(topics), on_assign=assign_cb, on_revoke=revoke_cb, on_lost=lost_cb)
 
     def consume(self, max_records: int, timeout: float) -> list[InRecord]:
@@ -274,6 +396,8 @@ class BatchConsumer:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
+                if err.code() in ACCESS_CODES:  # refused: the stage stops (operation "access") naming it
+                    raise self.access.classify("access", KafkaException(err))
                 if err.code() != KafkaError._FATAL and (err.retriable() or not err.fatal()):
                     log.warning("consumer: %s", err.str())
                     continue
@@ -290,6 +414,11 @@ class BatchConsumer:
                 else:
                     headers = h
             append(InRecord(t, m.partition(), m.offset(), m.key(), m.value(), h, ts if ts_type else None))
+        refused = self.access.refused
+        if out:
+            self.access.accepted()
+        elif refused is not None and self.access.refused_for() > REFUSAL_GRACE_S:
+            raise self.access.classify("access", KafkaException(refused))
         return out
 
     def group_metadata(self) -> object:
@@ -365,3 +494,34 @@ class BatchConsumer:
             self._c.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close: %s", exc)
+
+
+class AssignedConsumer(BatchConsumer):
+    """A read_committed reader of the partitions it is told to read (assign mode: it never
+    joins a group, its throwaway group id is never committed to). An interval join reads
+    its right topic with one, positioned at the transform group's committed offsets; the
+    offsets it reaches are committed by the transform's transactions, for that group."""
+
+    def __init__(self, bootstrap: str, *, extra: Mapping[str, Any] | None = None) -> None:
+        import uuid
+
+        super().__init__(bootstrap, f"{THROWAWAY_GROUP_PREFIX}side-{uuid.uuid4().hex}", extra=extra)
+
+    def assign(self, topic: str, partition: int, offset: int | None) -> None:
+        """Start reading ``topic``/``partition`` at ``offset`` (None: its beginning)."""
+        target = OFFSET_BEGINNING if offset is None else offset
+        try:
+            self._c.incremental_assign([TopicPartition(topic, partition, target)])
+        except KafkaException as exc:
+            raise classify("assign", exc) from exc
+
+    def unassign(self, partitions: Sequence[TP]) -> None:
+        if not partitions:
+            return
+        try:
+            self._c.incremental_unassign([TopicPartition(t, p) for t, p in partitions])
+        except KafkaException as exc:
+            raise classify("unassign", exc) from exc
+
+    def rewind_to_committed(self, partitions: Sequence[TP] | None = None) -> dict[TP, int | None]:
+        raise NotImplementedError("an assigned reader's group commits nothing: seek to the owning group's offsets")

@@ -16,6 +16,15 @@ process's open sockets): a ledgerflow broker or cluster started from another dat
 dir that answers metadata is reused (its state is returned, nothing is started);
 anything else is an error naming the port and the process holding it. The
 replicated three-node cluster lives in ``app/kafka/local_cluster.py``.
+
+``secure=True`` (``ledgerflow kafka up --secure``) adds a ``SASL_SSL`` listener on
+``port+2`` (advertised as ``localhost``): SCRAM-SHA-512 users, a TLS certificate from
+a throwaway CA generated into ``<data_dir>/secure`` (``app.security.certs``), and
+Kafka's ``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false``. The
+plaintext client listener and the controller listener stay on loopback; their
+principal ``User:ANONYMOUS`` is a super user together with the SCRAM user ``admin``
+(created at format time), so the controller, inter-broker traffic and the local demo
+keep working while every SCRAM principal gets exactly its ACLs (docs/security.md).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -40,6 +50,10 @@ POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 DEFAULT_VERSION = "4.3.1"  # newest 4.x with both kafka_2.13 and kafka-tools on Maven Central
 DEFAULT_PORT = 19092
 DEFAULT_HEAP_MB = 512
+SECURE_HOST = "localhost"  # the SASL_SSL listener's advertised host and the name in its certificate
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule"
+REAUTH_MS = 10_000  # SASL sessions re-authenticate this often: a deleted user is out within 10 s
 
 TOOLS = {
     "topics": "org.apache.kafka.tools.TopicCommand",
@@ -82,6 +96,12 @@ class BrokerState:
     log_file: str
     started_at: float
     servers: str = ""  # a reused cluster's full bootstrap list
+    sasl_port: int = 0  # the SASL_SSL listener of a secured broker (0: none)
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """The ``SASL_SSL`` listener (the name its certificate carries), or '' when not secured."""
+        return f"{SECURE_HOST}:{self.sasl_port}" if self.sasl_port else ""
 
     @property
     def bootstrap(self) -> str:
@@ -293,10 +313,14 @@ class LocalBroker:
         controller_port: int | None = None,
         heap_mb: int = DEFAULT_HEAP_MB,
         version: str | None = None,
+        secure: bool = False,
+        sasl_port: int | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
         self.controller_port = controller_port or port + 1
+        self.secure = secure
+        self.sasl_port = (sasl_port or port + 2) if secure else 0
         self.heap_mb = heap_mb
         self.version = version or kafka_version()
         self.state_file = self.data_dir / "broker.json"
@@ -316,10 +340,35 @@ class LocalBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def secure_dir(self) -> Path:
+        """TLS material and SCRAM passwords of a secured broker (mode 0700)."""
+        return self.data_dir / "secure"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"{SECURE_HOST}:{self.sasl_port}" if self.sasl_port else ""
+
+    def admin_settings(self) -> dict[str, Any]:
+        """librdkafka settings of the super user ``admin`` on the ``SASL_SSL`` listener."""
+        from app.security.certs import TlsMaterial
+        from app.security.scram import ADMIN_USER, client_settings, ensure_password
+
+        if not self.secure:
+            raise BrokerError(f"the broker in {self.data_dir} is not secured; start it with `kafka up --secure`")
+        return client_settings(
+            ADMIN_USER, ensure_password(self.secure_dir, ADMIN_USER), TlsMaterial(self.secure_dir).ca_cert
+        )
+
     # -- lifecycle -------------------------------------------------------------
     def up(self, *, timeout: float = 90.0) -> tuple[BrokerState, bool]:
         """Start the broker unless it already runs; returns (state, started_now)."""
         running = self.state()
+        if running is not None and self.secure and not running.sasl_port:
+            raise BrokerError(
+                f"the broker pid {running.pid} in {self.data_dir} runs without --secure; "
+                "`ledgerflow kafka down` it first, or use another --data-dir"
+            )
         if running is not None and answers_metadata(running.bootstrap):
             return running, False
         if running is not None:  # alive but not answering: still starting, or wedged
@@ -334,7 +383,8 @@ class LocalBroker:
             reused = self._reuse_other()
             if reused is not None:
                 return reused, False
-        for p in wait_ports_free((self.port, self.controller_port)):
+        ports = (self.port, self.controller_port, *((self.sasl_port,) if self.secure else ()))
+        for p in wait_ports_free(ports):
             if not port_free(p):
                 raise BrokerError(
                     f"port {p} on 127.0.0.1 is already taken by {describe_holder(p)}; "
@@ -342,8 +392,10 @@ class LocalBroker:
                 )
         libs = resolve_jars(self.version)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        formatted = (self.data_dir / "logs" / "meta.properties").exists()
+        self._check_formatted_alike(formatted)
         props = self._write_config()
-        if not (self.data_dir / "logs" / "meta.properties").exists():
+        if not formatted:
             self._format(java, libs, props)
         cmd = server_command(java, libs, self.heap_mb, self.data_dir, props)
         with open(self.log_file, "ab") as log:
@@ -362,6 +414,7 @@ class LocalBroker:
             data_dir=str(self.data_dir),
             log_file=str(self.log_file),
             started_at=time.time(),
+            sasl_port=self.sasl_port,
         )
         self.state_file.write_text(json.dumps(asdict(state)))
         if not self._wait_ready(state, timeout, proc):
@@ -456,39 +509,81 @@ class LocalBroker:
         ]
 
     # -- internals -------------------------------------------------------------
+    def _check_formatted_alike(self, formatted: bool) -> None:
+        """A data dir formatted without the admin user cannot be secured later (SCRAM users
+        of the bootstrap are written at format time), nor can a secured one drop it."""
+        marker = self.secure_dir / "formatted"
+        if formatted and self.secure != marker.exists():
+            was = "with" if marker.exists() else "without"
+            raise BrokerError(
+                f"{self.data_dir} was formatted {was} --secure; start it the same way or use another --data-dir"
+            )
+
+    def _listeners(self) -> list[str]:
+        plain = [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+        if not self.secure:
+            return plain
+        from app.security.certs import ensure_tls
+        from app.security.scram import ADMIN_USER, MECHANISM
+
+        tls = ensure_tls(self.secure_dir, [SECURE_HOST])
+        ln = "listener.name.sasl_ssl"
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},"
+            f"SASL_SSL://127.0.0.1:{self.sasl_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://{SECURE_HOST}:{self.sasl_port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            f"{ln}.sasl.enabled.mechanisms={MECHANISM}",
+            f"{ln}.{MECHANISM.lower()}.sasl.jaas.config={SCRAM_LOGIN} required;",
+            f"{ln}.ssl.keystore.type=PKCS12",
+            f"{ln}.ssl.keystore.location={tls.keystore}",
+            f"{ln}.ssl.keystore.password={tls.keystore_password()}",
+            f"{ln}.ssl.key.password={tls.keystore_password()}",
+            f"{ln}.ssl.client.auth=none",
+            f"{ln}.connections.max.reauth.ms={REAUTH_MS}",
+            f"authorizer.class.name={AUTHORIZER}",
+            "allow.everyone.if.no.acl.found=false",
+            f"super.users=User:ANONYMOUS;User:{ADMIN_USER}",
+        ]
+
     def _write_config(self) -> Path:
         props = self.data_dir / "server.properties"
-        props.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-                    f"log.dirs={self.data_dir / 'logs'}",
-                    "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=10",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "transaction.state.log.num.partitions=10",
-                    "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=false",
-                    "log.cleaner.backoff.ms=5000",
-                    "transaction.remove.expired.transaction.cleanup.interval.ms=60000",
-                    "transaction.abort.timed.out.transaction.cleanup.interval.ms=5000",
-                    "",
-                ]
-            )
-        )
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the keystore password
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._properties())
         (self.data_dir / "log4j2.properties").write_text(
             _LOG4J2.format(kind="Console", target="appender.out.target = SYSTEM_OUT\n", level="INFO")
         )
         return props
+
+    def _properties(self) -> str:
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                *self._listeners(),
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                f"log.dirs={self.data_dir / 'logs'}",
+                "num.partitions=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=10",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=10",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "log.cleaner.backoff.ms=5000",
+                "transaction.remove.expired.transaction.cleanup.interval.ms=60000",
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms=5000",
+                "",
+            ]
+        )
 
     def _format(self, java: str, libs: Path, props: Path) -> None:
         base = [
@@ -499,14 +594,21 @@ class LocalBroker:
         cp = ["-cp", f"{libs}/*", "kafka.tools.StorageTool"]
         uuid = subprocess.run([*base, *cp, "random-uuid"], capture_output=True, text=True, check=True)
         cluster_id = uuid.stdout.strip().splitlines()[-1]
+        scram: list[str] = []
+        if self.secure:
+            from app.security.scram import ADMIN_USER, ensure_password, format_argument
+
+            scram = ["--add-scram", format_argument(ADMIN_USER, ensure_password(self.secure_dir, ADMIN_USER))]
         fmt = subprocess.run(
-            [*base, *cp, "format", "-t", cluster_id, "-c", str(props), "--standalone"],
+            [*base, *cp, "format", "-t", cluster_id, "-c", str(props), "--standalone", *scram],
             capture_output=True,
             text=True,
             check=False,
         )
         if fmt.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+        if self.secure:
+            (self.secure_dir / "formatted").write_text(f"{ADMIN_USER}\n")
 
 
 def server_command(

@@ -15,8 +15,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from app.kafka.admin import Admin
-from app.kafka.clients import TP, InRecord
-from app.kafka.errors import classify
+from app.kafka.clients import THROWAWAY_GROUP_PREFIX, TP, InRecord, principal_of
+from app.kafka.errors import ACCESS_CODES, Identity, classify
 
 log = logging.getLogger("ledgerflow.kafka")
 
@@ -25,7 +25,7 @@ def _consumer(bootstrap: str, kind: str, extra: Mapping[str, Any] | None, *, eof
     """A read_committed consumer under a throwaway group id that never joins or commits."""
     conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
-        "group.id": f"ledgerflow-{kind}-{uuid.uuid4().hex}",
+        "group.id": f"{THROWAWAY_GROUP_PREFIX}{kind}-{uuid.uuid4().hex}",
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "logger": log,
@@ -59,6 +59,9 @@ def read_topic_to_end(
     try:
         meta = c.list_topics(topic, timeout=10)
         tmeta = meta.topics.get(topic)
+        who = Identity(principal_of(extra or {}), group=f"{THROWAWAY_GROUP_PREFIX}* (the readers')", topics=(topic,))
+        if tmeta is not None and tmeta.error is not None and tmeta.error.code() in ACCESS_CODES:
+            raise classify("describe", KafkaException(tmeta.error), who)  # refused, not absent
         if tmeta is None or tmeta.error is not None:
             raise KeyError(f"topic {topic!r} does not exist")
         highs = Admin(bootstrap, extra).end_offsets([(topic, p) for p in tmeta.partitions])
@@ -83,7 +86,7 @@ def read_topic_to_end(
                         if pos >= targets[m.partition()]:
                             done.add(m.partition())
                         continue
-                    raise classify("consume", KafkaException(err))
+                    raise classify("consume", KafkaException(err), who)
                 out.append(_record(m))
                 if m.offset() + 1 >= targets[m.partition()]:
                     done.add(m.partition())

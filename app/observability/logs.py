@@ -3,6 +3,11 @@
 Correlation ids (pipeline, stage, worker, run) are attached by the runners through
 ``extra`` and appear as fields. Diagnostic logs are never the replay contract: the
 journal is.
+
+Secrets are kept out by construction (settings are passed by reference, errors name
+users, never passwords); as a second line, every secret value the process resolved
+(``register_secret``) is replaced by ``***`` in every formatted line, tracebacks
+included, at every level.
 """
 
 from __future__ import annotations
@@ -14,6 +19,26 @@ import time
 
 _STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _bound = threading.local()
+_secrets: set[str] = set()
+MASK = "***"
+
+
+def register_secret(value: str) -> None:
+    """Mask ``value`` wherever a log line would show it (values under 4 characters are
+    too common to mask without mangling logs; such a secret is not one)."""
+    if len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+class _Redacting(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def bind(**fields: str) -> None:
@@ -32,6 +57,9 @@ class _CorrelationFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return redact(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -51,7 +79,7 @@ def configure(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_CorrelationFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from app.codecs.tokens import SCHEMA_HEADER
@@ -68,7 +68,7 @@ from app.runtime.batch import (
     SinkInput,
     TopicRecords,
 )
-from app.sinks.base import Outcome, Prepared, RecoveryPlan, Sink, SinkFenced
+from app.sinks.base import Outcome, Prepared, Reconcile, RecoveryPlan, Sink, SinkFenced
 
 log = logging.getLogger("ledgerflow.seam")
 T = TypeVar("T")
@@ -224,9 +224,7 @@ class CommitSeam:
             self._finalize(committed)  # 8
         return report
 
-    def recover_parts(
-        self, plan: RecoveryPlan, reconcile_dlq: Callable[[str, int, int, int, Mapping[int, str]], list[bytes]]
-    ) -> None:
+    def recover_parts(self, plan: RecoveryPlan, reconcile_dlq: Callable[[Reconcile], list[bytes]]) -> None:
         """Carry out a sink's recovery plan: finalize committed parts (idempotent), remove
         staging no committed part names, then record it all in one Kafka transaction."""
         sink = self._sink()
@@ -246,7 +244,7 @@ class CommitSeam:
             journal.append(info_event(self.corr, "recovery", recovery_key(self.name, plan.discard_topic), detail))
         for rc in plan.reconcile:
             rejects = rc.rejects
-            dlq.extend(reconcile_dlq(rc.topic, rc.partition, rc.start, rc.end, rejects))
+            dlq.extend(reconcile_dlq(rc))
             offsets.append((rc.topic, rc.partition, rc.end))
             detail = {
                 "action": "reconciled_from_db",

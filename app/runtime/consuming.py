@@ -177,9 +177,7 @@ class ConsumingRunner:
                     if self.step():
                         break
                 except ProducerLost as lost:
-                    self.healer.heal(lost)
-                    self.rewind()
-                    self.hooks.on_assigned(self.stage, self.name)
+                    self._heal(lost)
                 except FatalKafkaError as exc:
                     if exc.operation != "consume":
                         raise
@@ -192,6 +190,22 @@ class ConsumingRunner:
         finally:
             self.consumer.close()
             self.close()
+
+    def _heal(self, lost: ProducerLost) -> None:
+        """Re-create the producer and rewind to the last commit. The rewind recovers the
+        assigned partitions in a transaction of its own, so the new producer can be lost
+        there too (fenced by a newer instance, say): that loss is healed the same way, and
+        ``heal`` raises ``WorkerFenced`` once a newer run holds the work or the heal budget
+        without a commit is spent, so this ends."""
+        while True:
+            self.healer.heal(lost)
+            try:
+                self.rewind()
+            except ProducerLost as again:
+                lost = again
+                continue
+            self.hooks.on_assigned(self.stage, self.name)
+            return
 
     def _replace_consumer(self, cause: FatalKafkaError) -> None:
         """The group consumer hit a fatal error. After a coordinator move librdkafka can
@@ -308,5 +322,8 @@ class ConsumingRunner:
             return False
         ends = self.consumer.end_offsets(parts)
         pos = self.consumer.position(parts)
+        unknown = [tp for tp in parts if pos.get(tp) is None]
+        if unknown:  # nothing fetched yet (e.g. input fully committed by an earlier run): start there
+            pos.update(self.consumer.committed(unknown))
         self.progress.lag = sum(max(0, ends[tp] - (pos.get(tp) or 0)) for tp in parts)
         return all(ends[tp] - (pos.get(tp) or 0) <= 1 for tp in parts)

@@ -21,11 +21,19 @@ decides from facts, then either stops the stage or re-creates the producer:
   transaction whose commit outcome was unknown is resolved from Kafka, never guessed.
 * **Bounded.** More than ``max_heals`` heals without a successful commit in between
   stops the stage with the last error.
+* **Refused.** A producer lost because the cluster refused the principal
+  (``AccessDenied``: a revoked ACL or credential, a certificate problem) parks the
+  stage instead: readiness false, ONE error line naming what was refused, then the
+  producer is re-created with backoff (1 s doubling to 30 s) in case an operator
+  restores access; after ``access_wait_s`` (``LEDGERFLOW_ACCESS_WAIT_S``, default
+  300 s) without a commit the stage stops with ``StageRefused``. Nothing commits
+  while refused, so nothing is lost or half-applied.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,13 +44,29 @@ from app.journal.reader import load_journal
 from app.journal.writer import Correlation, info_event
 from app.kafka.admin import Admin
 from app.kafka.clients import TxnProducer
-from app.kafka.errors import LedgerKafkaError
+from app.kafka.errors import AccessDenied, LedgerKafkaError
 from app.observability.hooks import Hooks
 from app.runtime.batch import ProducerLost, WorkerFenced
 from app.runtime.commit import CommitSeam
 from app.runtime.stage import StageContext
 
 log = logging.getLogger("ledgerflow.heal")
+
+DEFAULT_ACCESS_WAIT_S = 300.0
+
+
+class StageRefused(RuntimeError):
+    """The cluster kept refusing the stage's principal past the access wait: the stage
+    stops; the message names the stage and what was refused."""
+
+
+def refusal(exc: BaseException | None) -> AccessDenied | None:
+    """The ``AccessDenied`` an exception is, or was raised from."""
+    while exc is not None:
+        if isinstance(exc, AccessDenied):
+            return exc
+        exc = exc.__cause__
+    return None
 
 
 def run_started(corr: Correlation, name: str, started_ms: int) -> JournalEvent:
@@ -95,6 +119,7 @@ class Healer:
         attempts: int = 12,
         max_heals: int = 20,
         init_timeout_s: float = 20.0,
+        access_wait_s: float | None = None,
     ) -> None:
         self.seam = seam
         self.make_producer = make_producer
@@ -113,10 +138,45 @@ class Healer:
         self.check_wait_s = 20.0  # the zombie check never waits long for the journal
         self.started_ms = int(time.time() * 1000)
         self.heals_since_commit = 0
+        env_wait = os.environ.get("LEDGERFLOW_ACCESS_WAIT_S")
+        self.access_wait_s = access_wait_s if access_wait_s is not None else float(env_wait or DEFAULT_ACCESS_WAIT_S)
+        self.refused_since: float | None = None
+        self.refused_what = ""
+        self.access_delay = 1.0
 
     def committed(self) -> None:
-        """A transaction committed: the heal budget starts over."""
+        """A transaction committed: the heal budget and the access wait start over."""
         self.heals_since_commit = 0
+        if self.refused_since is not None:
+            log.warning("%s %s: access restored; committing again", self.seam.stage, self.seam.name)
+        self.refused_since = None
+        self.access_delay = 1.0
+
+    def park(self, denied: AccessDenied) -> None:
+        """Wait out a refusal with backoff; ``StageRefused`` once ``access_wait_s`` is spent.
+        The first refusal logs the one error; the retries log at info."""
+        stage, name = self.seam.stage, self.seam.name
+        self.hooks.on_unready(stage, name)
+        now = time.monotonic()
+        if self.refused_since is None:
+            self.refused_since = now
+            self.refused_what = denied.what  # a later client may know less about the resource
+            log.error(
+                "%s %s: refused by the cluster: %s; retrying with backoff for up to %.0fs",
+                stage,
+                name,
+                denied.what,
+                self.access_wait_s,
+            )
+        waited = now - self.refused_since
+        if waited >= self.access_wait_s:
+            raise StageRefused(f"{stage} {name}: refused by the cluster for {waited:.0f}s: {denied.what}") from denied
+        delay = min(self.access_delay, self.access_wait_s - waited)
+        self.access_delay = min(self.access_delay * 2, 30.0)
+        log.info("%s %s: still refused (%s); next try in %.1fs", stage, name, denied.name, delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self.stopping():
+            time.sleep(min(0.2, delay))
 
     def heal(self, lost: ProducerLost) -> None:
         """Raise ``WorkerFenced`` if a newer instance holds the work; otherwise return
@@ -124,15 +184,26 @@ class Healer:
         seam = self.seam
         stage, name, corr = seam.stage, seam.name, seam.corr
         self.hooks.on_unready(stage, name)
-        self.check_not_superseded(lost)
-        self.count_heal(lost)
+        denied = refusal(lost)
+        if denied is not None:
+            self.park(denied)
+        else:
+            self.check_not_superseded(lost)
+            self.count_heal(lost)
         delay = 0.5
-        for attempt in range(1, self.attempts + 1):
+        attempt = 0
+        while attempt < self.attempts:
+            attempt += 1
             if self.stopping():
                 raise lost
             producer = self.make_producer()
             try:
                 producer.init(timeout=self.init_timeout_s)
+            except AccessDenied as exc:
+                producer.close()
+                self.park(exc)
+                attempt -= 1  # refusals are bounded by the access wait, not the attempts
+                continue
             except LedgerKafkaError as exc:
                 producer.close()
                 if attempt == self.attempts:
@@ -154,7 +225,7 @@ class Healer:
                 corr.run_id,
             )
             return
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def clear_left_open(self) -> None:
         """Right after the new producer registered: a transaction of the lost one that the

@@ -23,7 +23,7 @@ def owned_topics(spec: PipelineSpec) -> set[str]:
                 out.update([*st.routes.values(), *([st.default] if st.default else [])])
         if isinstance(tr.stateful, AggregateOp) and tr.stateful.late != "dlq":
             out.add(tr.stateful.late)
-        if tr.stateful is not None:
+        if tr.has_state:
             out.add(changelog_topic(spec.pipeline, tr.store_name))
     return out
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.codecs.decoders import Decoder
@@ -31,7 +31,7 @@ from app.observability.hooks import Hooks
 from app.runtime.batch import BatchAborted
 from app.runtime.consuming import ConsumingRunner
 from app.runtime.stage import StageContext
-from app.sinks.base import Chunk, Sink
+from app.sinks.base import Chunk, Reconcile, Sink
 from app.tokens import Token
 
 log = logging.getLogger("ledgerflow.sink")
@@ -43,6 +43,7 @@ class PartLimits:
     max_rows: int = 50_000
     max_bytes: int = 64 << 20
     max_age_s: float = 5.0
+    idle_s: float = 0.0  # cut every open part once input has been idle this long
 
 
 @dataclass(slots=True)
@@ -128,16 +129,15 @@ class SinkRunner(ConsumingRunner):
         )
         return plan.seek
 
-    def _reconcile_dlq(
-        self, topic: str, partition: int, start: int, end: int, rejects: Mapping[int, str]
-    ) -> list[bytes]:
+    def _reconcile_dlq(self, rc: Reconcile) -> list[bytes]:
         """DLQ records for the rows a transactional sink refused in ``[start, end)``."""
+        rejects = rc.rejects
         if not rejects:
             return []
         ctx = self.ctx
         return [
-            self.dead_letter(rec, "db_rejected", rejects[rec.offset])
-            for rec in read_range(ctx.bootstrap, topic, partition, start, end, extra=ctx.kafka_extra)
+            self.dead_letter(rec, rc.reason, rejects[rec.offset])
+            for rec in read_range(ctx.bootstrap, rc.topic, rc.partition, rc.start, rc.end, extra=ctx.kafka_extra)
             if rec.offset in rejects
         ]
 
@@ -176,8 +176,10 @@ class SinkRunner(ConsumingRunner):
         idle = not recs
         if not idle:
             self.saw_rows()
+            self._idle_since = None
         self.report_lag()
-        due = self._due(idle)
+        now = time.monotonic()
+        due = self._due(idle and now - (self._idle_since or now) >= self.limits.idle_s)
         if due:
             self._idle_since = None
             self._commit(due)

@@ -27,25 +27,42 @@ from typing import Any, Protocol
 
 from app.codecs.decoders import Decoder, external_decoder, token_decoder
 from app.codecs.external import make_external_decoder
+from app.codecs.registry import RegistryEncoder, SchemaCache, registry_payload_decoder
 from app.codecs.tokens import TokenCodec
-from app.config.pipeline import AggregateOp, DedupeOp, PipelineSpec, PostgresSink, Transform, resolve_bootstrap
+from app.config.pipeline import (
+    REGISTRY_FORMATS,
+    AggregateOp,
+    DedupeOp,
+    LookupJoinOp,
+    PipelineSpec,
+    PostgresSink,
+    StatefulFunction,
+    Transform,
+    resolve_bootstrap,
+)
+from app.config.pipeline import IcebergSink as IcebergSinkSpec
+from app.config.pipeline import S3Sink as S3SinkSpec
 from app.config.topics import TopicSpec, load_topic_specs
 from app.journal.writer import Correlation
 from app.kafka.admin import Admin
 from app.kafka.local_broker import ensure_bootstrap
 from app.observability.hooks import Hooks, NullHooks
-from app.observability.logs import bind
+from app.observability.logs import bind, register_secret
+from app.registry.client import Registry, registry_config
 from app.runtime import topics as topics_mod
 from app.runtime.batch import WorkerFenced
+from app.runtime.healing import StageRefused, refusal
 from app.runtime.ownership import owned_topics
 from app.runtime.sink_runner import PartLimits, SinkRunner
 from app.runtime.source_runner import SourceRunner
 from app.runtime.stage import Progress, StageContext
 from app.runtime.transform_runner import TransformRunner
-from app.sinks.base import Sink
+from app.security.preflight import secured, wait_for_access
+from app.sinks.base import Sink, SinkUnavailable
 from app.sinks.files import FileSink
 from app.sinks.pg_sink import PostgresSink as PgSink
 from app.sinks.postgres import Column, PostgresWriter
+from app.sinks.s3 import build_s3_sink
 from app.sources.base import Source
 from app.sources.file_tail import FileTailSource
 from app.sources.generator import GeneratorSource
@@ -53,6 +70,7 @@ from app.state.changelog import changelog_topic, ensure_changelog
 from app.state.manager import StateManager
 from app.transforms.chain import (
     StepFn,
+    cast_step,
     compile_chain,
     filter_step,
     flat_map_step,
@@ -61,6 +79,9 @@ from app.transforms.chain import (
     project_step,
     route_step,
 )
+from app.transforms.columnar import compile_columnar
+from app.transforms.join_setup import interval_join, lookup_join
+from app.transforms.sessions import SessionAggregate
 from app.transforms.stateful import Aggregate, Dedupe, StatefulOp, UserStateful
 
 log = logging.getLogger("ledgerflow.run")
@@ -131,9 +152,12 @@ def ensure_topics(bootstrap: str, spec: PipelineSpec, extra: dict[str, Any]) -> 
 
 
 def _steps(transform: Any) -> list[StepFn]:
+    """The stateless steps (an interval join, always first, is the transform's state)."""
     out: list[StepFn] = []
     for step in transform.steps:
         kind = step.kind
+        if kind == "interval_join":
+            continue
         if kind == "filter":
             out.append(filter_step(step.field, step.op, step.value))
         elif kind == "map":
@@ -144,6 +168,8 @@ def _steps(transform: Any) -> list[StepFn]:
             out.append(project_step(step.fields, step.rename))
         elif kind == "route":
             out.append(route_step(step.field, dict(step.routes), step.default))
+        elif kind == "cast":
+            out.append(cast_step(dict(step.fields)))
         else:  # pragma: no cover - the spec model admits no other kinds
             raise ValueError(f"transform {transform.name}: unknown step kind {kind!r}")
     return out
@@ -155,6 +181,18 @@ def _stateful_op(tr: Transform) -> StatefulOp:
         return Dedupe(op.field, op.ttl_ms, op.time_field)
     if isinstance(op, AggregateOp):
         w = op.window
+        if w is not None and w.type == "session":
+            assert w.gap_ms is not None
+            return SessionAggregate(
+                tr.name,
+                key_field=op.key_field,
+                value_field=op.value_field,
+                functions=list(op.functions),
+                gap_ms=w.gap_ms,
+                lateness_ms=w.allowed_lateness_ms,
+                time_field=op.time_field,
+                late_topic=None if op.late == "dlq" else op.late,
+            )
         return Aggregate(
             tr.name,
             key_field=op.key_field,
@@ -166,14 +204,57 @@ def _stateful_op(tr: Transform) -> StatefulOp:
             time_field=op.time_field,
             late_topic=None if op.late == "dlq" else op.late,
         )
-    assert op is not None
+    assert isinstance(op, StatefulFunction)  # lookup_join is built by app.transforms.join_setup
     return UserStateful(load_callable(op.function))
 
 
-def _decoder(fmt: str, schema: str | None) -> Decoder:
+def _decoder(fmt: str, schema: str | None, schemas: Callable[[], SchemaCache] | None = None) -> Decoder:
     if fmt == "token":
         return token_decoder(TokenCodec())
+    if fmt in REGISTRY_FORMATS:  # Confluent-framed: writer schema by the id in each record
+        if schemas is None:
+            raise ValueError(f"input_format {fmt} needs a registry")
+        return external_decoder(make_external_decoder(fmt, None, registry_payload_decoder(fmt, schemas())))
     return external_decoder(make_external_decoder(fmt, schema))
+
+
+class _RegistryLink:
+    """The process's one registry client and schema cache, built (and probed: a registry
+    that does not answer at start is an error naming its URL) when a stage first needs it."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+        self._registry: Registry | None = None
+        self._cache: SchemaCache | None = None
+
+    def registry(self) -> Registry:
+        if self._registry is None:
+            if self.spec.registry is None:
+                raise ValueError("this pipeline uses a schema registry format but has no 'registry:' block")
+            try:
+                cfg = registry_config(self.spec.registry)
+            except ValueError as exc:
+                raise SpecSecretError(str(exc)) from exc
+            reg = Registry(cfg)
+            reg.probe()
+            self._registry = reg
+        return self._registry
+
+    def schemas(self) -> SchemaCache:
+        if self._cache is None:
+            self._cache = SchemaCache(self.registry())
+        return self._cache
+
+    def encoder(self, tr: Transform) -> RegistryEncoder | None:
+        if tr.output_format == "token":
+            return None
+        return RegistryEncoder(
+            self.registry(),
+            tr.output_format,
+            schema_file=tr.output_schema,
+            strategy=tr.subject_strategy,
+            auto_register=tr.auto_register,
+        )
 
 
 def _source(src: Any) -> Source:
@@ -223,11 +304,17 @@ class Supervisor:
             extra: dict[str, Any] = spec.kafka.client_config()
         except ValueError as exc:
             raise SpecSecretError(str(exc)) from exc
+        for key in spec.kafka.secrets:
+            if key in spec.kafka.SECRET_KEYS:  # a user name by reference stays readable: errors name it
+                register_secret(str(extra[key]))
+        if secured(extra):  # a refused principal is one clear error, not a metadata timeout
+            wait_for_access(self.bootstrap, extra, float(os.environ.get("LEDGERFLOW_CONNECT_WAIT_S", "30")))
         ensure_topics(self.bootstrap, spec, extra)
         sources_done, transforms_done = threading.Event(), threading.Event()
         want = (lambda s: True) if self.stage == "all" else (lambda s: s == self.stage)
 
         owned = frozenset(owned_topics(spec))
+        link = _RegistryLink(spec)
 
         def ctx(stage: str, upstream: threading.Event | None) -> StageContext:
             return StageContext(
@@ -261,13 +348,29 @@ class Supervisor:
                 )
         if want("transform"):
             for tr in spec.transforms:
-                chain = compile_chain(
-                    tr.name, _steps(tr), tr.output, [f"{tr.name}.{i}:{st.kind}" for i, st in enumerate(tr.steps)]
+                labels = [f"{tr.name}.{i}:{st.kind}" for i, st in enumerate(tr.steps) if st.kind != "interval_join"]
+                chain = compile_chain(tr.name, _steps(tr), tr.output, labels)
+                columnar = (
+                    compile_columnar(tr.name, tr.steps, tr.output, tr.input_format, labels)
+                    if tr.columnar and not tr.has_state and tr.output_format == "token"
+                    else None
                 )
                 state: StateManager | None = None
-                if tr.stateful is not None:
+                right: tuple[str, Decoder] | None = None
+                if tr.has_state:
+                    ij = tr.interval_join
+                    op: StatefulOp
+                    if ij is not None:  # refuses a right topic that is not co-partitioned
+                        op = interval_join(tr, ij, Admin(self.bootstrap, extra))
+                        right = (ij.right, _decoder(ij.right_format or tr.input_format, None, link.schemas))
+                    elif isinstance(tr.stateful, LookupJoinOp):
+                        op = lookup_join(
+                            tr, tr.stateful, self.bootstrap, extra, Path(spec.state_dir), spec.pipeline, self.worker_id
+                        )
+                    else:
+                        op = _stateful_op(tr)
                     cl_topic = changelog_topic(spec.pipeline, tr.store_name)
-                    ensure_changelog(Admin(self.bootstrap, extra), cl_topic, tr.input)
+                    n_parts = ensure_changelog(Admin(self.bootstrap, extra), cl_topic, tr.input)
                     state = StateManager(
                         bootstrap=self.bootstrap,
                         extra=extra,
@@ -276,22 +379,26 @@ class Supervisor:
                         worker_id=self.worker_id,
                         store_name=tr.store_name,
                         changelog_topic=cl_topic,
-                        op=_stateful_op(tr),
+                        op=op,
                         restore_chunk=spec.restore_chunk,
+                        standby_partitions=n_parts if tr.standby_replicas else 0,
                     )
                 runner = TransformRunner(
                     ctx("transform", sources_done),
                     name=tr.name,
                     input_topic=tr.input,
                     chain=chain,
-                    decoder=_decoder(tr.input_format, tr.input_schema),
+                    decoder=_decoder(tr.input_format, tr.input_schema, link.schemas),
                     hooks=self.hooks,
                     state=state,
+                    encoder=link.encoder(tr),
+                    columnar=columnar,
+                    right=right,
                 )
                 self.workers.append(Worker("transform", runner))
         if want("sink"):
             for sk in spec.sinks:
-                limits = PartLimits(sk.part.max_rows, sk.part.max_bytes, sk.part.max_age_ms / 1000)
+                limits = PartLimits(sk.part.max_rows, sk.part.max_bytes, sk.part.max_age_ms / 1000, sk.idle_ms / 1000)
                 sink: Sink
                 if isinstance(sk, PostgresSink):
                     db = PostgresWriter(
@@ -306,13 +413,19 @@ class Supervisor:
                     )
                     db.ensure_schema()
                     sink = PgSink(db)
+                elif isinstance(sk, S3SinkSpec):
+                    sink = build_s3_sink(sk)
+                elif isinstance(sk, IcebergSinkSpec):
+                    from app.sinks.iceberg import build_iceberg_sink
+
+                    sink = build_iceberg_sink(sk)
                 else:
                     sink = FileSink(sk.name, Path(sk.resolved_path), sk.format, max_row_bytes=sk.max_row_bytes)
                 runner_s = SinkRunner(
                     ctx("sink", transforms_done),
                     name=sk.name,
                     input_topic=sk.input,
-                    decoder=_decoder(sk.input_format, sk.input_schema),
+                    decoder=_decoder(sk.input_format, sk.input_schema, link.schemas),
                     sink=sink,
                     limits=limits,
                     hooks=self.hooks,
@@ -397,9 +510,16 @@ class Supervisor:
         for w in self.workers:
             if w.error is None:
                 continue
-            if isinstance(w.error, WorkerFenced):
+            denied = refusal(w.error)
+            if denied is not None and not isinstance(w.error, StageRefused):  # e.g. refused at the first init
+                log.error("%s %s stopped: refused by the cluster: %s", w.stage, w.runner.name, denied.what)
+                code = max(code, EXIT_ERROR) if code != EXIT_FENCED else code
+            elif isinstance(w.error, WorkerFenced):
                 log.error("%s %s stopped: %s", w.stage, w.runner.name, w.error)
                 code = max(code, EXIT_FENCED)
+            elif isinstance(w.error, (SinkUnavailable, StageRefused)):  # the message names what failed
+                log.error("%s %s stopped: %s", w.stage, w.runner.name, w.error)
+                code = max(code, EXIT_ERROR) if code != EXIT_FENCED else code
             else:
                 log.error("%s %s failed: %r", w.stage, w.runner.name, w.error, exc_info=w.error)
                 code = max(code, EXIT_ERROR) if code != EXIT_FENCED else code

@@ -45,6 +45,12 @@ class PartConflictError(RuntimeError):
     """A part's data exists with content other than the committed checksum; nothing is overwritten."""
 
 
+class SinkUnavailable(RuntimeError):
+    """The sink's store cannot be used (unreachable, missing bucket or table, access
+    denied): the stage stops with this error, which names the sink and the store.
+    Nothing of the batch was committed, so no row is lost."""
+
+
 class SinkFenced(RuntimeError):
     """Another owner advanced the partition in the sink itself (a refused compare-and-set):
     nothing of the part was written, and this worker must re-read the sink's state."""
@@ -114,6 +120,7 @@ class Reconcile:
     start: int
     end: int
     rejects: Mapping[int, str]
+    reason: str = DB_REJECTED  # the DLQ reason of the rejects
 
 
 @dataclass(slots=True)

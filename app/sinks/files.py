@@ -37,16 +37,10 @@ NDJSON: one orjson object per token, payload in insertion order, ``\\n``-termina
 Parquet: see ``app.sinks.parquet``. A part arrives in chunks and is written a chunk
 at a time, so at most one chunk of rows exists as Python objects.
 
-Rows the sink cannot write are refused, never a reason to stop (I7): each comes
-back from ``prepare`` as a ``Reject`` (DLQ reason ``unwritable_row``) naming the
-token and the field, and the part is written without it:
-
-* a payload field named like an envelope column (never silently overwritten);
-* a row whose encoded input is larger than ``max_row_bytes``;
-* Parquet: a value that does not fit its column's type (``app.sinks.parquet``).
-
-Output is a pure function of the part's rows: the same rows give byte-identical
-files and the same refusals (I8) for a given pyarrow version.
+Rows are encoded by ``app.sinks.encode`` (flat records ``{"_token_id", "_key",
+"_event_time_ms", **payload}``): rows the writer cannot place come back from
+``prepare`` as ``Reject`` values (I7), and the output is a pure function of the
+part's rows (I8).
 """
 
 from __future__ import annotations
@@ -56,32 +50,17 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-
 from app.journal.events import JournalEvent, PartInfo
 from app.journal.view import pending_parts
-from app.sinks.base import (
-    TP,
-    UNWRITABLE,
-    Chunk,
-    Outcome,
-    PartConflictError,
-    PartMissingError,
-    PartRows,
-    Prepared,
-    RecoveryPlan,
-    Reject,
-)
-from app.tokens import Token
+from app.sinks.base import TP, Outcome, PartConflictError, PartMissingError, PartRows, Prepared, RecoveryPlan
+from app.sinks.encode import DEFAULT_MAX_ROW_BYTES, ENVELOPE, Encoded, encode
 
 __all__ = ["DEFAULT_MAX_ROW_BYTES", "ENVELOPE", "FileSink", "PartConflictError", "PartMissingError"]
 
-ENVELOPE = ("_token_id", "_key", "_event_time_ms")  # the same names as app.sinks.parquet.ENVELOPE
-DEFAULT_MAX_ROW_BYTES = 16 << 20
 STAGING_DIR = "_staging"
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's legal topic names
 
@@ -135,73 +114,6 @@ def _write_durable(path: Path, chunks: Iterable[Any]) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def _screen(
-    chunk: Chunk, max_row_bytes: int, rejects: list[Reject], seen: set[str]
-) -> tuple[Sequence[Token], Sequence[int], list[str], int]:
-    """The chunk's writable rows with their offsets, their payload columns in first-seen
-    order, and how many rows repeated a token id already in the part (``seen``): those
-    are the same row delivered twice upstream and are written once. Refused rows are
-    appended to ``rejects``."""
-    tokens, offsets = chunk.tokens, chunk.offsets
-    bad: dict[int, str] = {}
-    if chunk.sizes and max(chunk.sizes) > max_row_bytes:
-        for i, size in enumerate(chunk.sizes):
-            if size > max_row_bytes:
-                tid = tokens[i]["token_id"]
-                bad[i] = f"token {tid!r}: row is {size} bytes, over the sink's max_row_bytes {max_row_bytes}"
-    repeated: set[int] = set()
-    last: Any = None
-    clash: str | None = None
-    add, before = seen.add, len(seen)
-    for i, t in enumerate(tokens):
-        keys = t["payload"].keys()
-        if keys != last:  # the common case: every row has the same fields
-            last = keys
-            clash = next((k for k in keys if k in ENVELOPE), None)
-        if clash is not None and i not in bad:
-            bad[i] = f"token {t['token_id']!r}: payload field {clash!r} collides with the envelope column of that name"
-        add(t["token_id"])
-        if len(seen) == before + i + 1 - len(repeated):
-            continue
-        repeated.add(i)
-    if bad or repeated:
-        rejects.extend(Reject(offsets[i], UNWRITABLE, bad[i]) for i in sorted(bad))
-        keep = [i for i in range(len(tokens)) if i not in bad and i not in repeated]
-        tokens, offsets = [tokens[i] for i in keep], [offsets[i] for i in keep]
-    return tokens, offsets, _columns(tokens), len(repeated)
-
-
-def _columns(tokens: Sequence[Token]) -> list[str]:
-    cols: dict[str, None] = {}
-    last: Any = None
-    for t in tokens:
-        keys = t["payload"].keys()
-        if keys != last:
-            cols.update(dict.fromkeys(keys))
-            last = keys
-    return list(cols)
-
-
-def _ndjson_row(t: Token) -> bytes:
-    return orjson.dumps(
-        {"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **t["payload"]}
-    )
-
-
-def _ndjson(tokens: Sequence[Token], offsets: Sequence[int], rejects: list[Reject]) -> tuple[bytes, int]:
-    """NDJSON lines of ``tokens`` and how many; a row orjson refuses is a reject."""
-    try:
-        return b"".join([_ndjson_row(t) + b"\n" for t in tokens]), len(tokens)
-    except (TypeError, orjson.JSONEncodeError):
-        lines: list[bytes] = []
-        for t, off in zip(tokens, offsets, strict=True):
-            try:
-                lines.append(_ndjson_row(t) + b"\n")
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                rejects.append(Reject(off, UNWRITABLE, f"token {t['token_id']!r}: not JSON-encodable: {exc}"))
-        return b"".join(lines), len(lines)
-
-
 class FileSink:
     """``Sink`` for a directory of NDJSON or Parquet parts; see the module docstring."""
 
@@ -248,50 +160,22 @@ class FileSink:
         _makedirs(sdir)
         attempt = uuid.uuid4().hex[:12]
         staging = sdir / f"part-{first:020d}-{last:020d}.{attempt}.{self.ext}.tmp"
-        rejects: list[Reject] = []
-        rows = repeated = 0
-        seen: set[str] = set()
-        limit = self.max_row_bytes
-        if self.fmt == "ndjson":
-
-            def blobs() -> Iterator[bytes]:
-                nonlocal rows, repeated
-                for chunk in part.chunks():
-                    tokens, offsets, _cols, dups = _screen(chunk, limit, rejects, seen)
-                    repeated += dups
-                    data, n = _ndjson(tokens, offsets, rejects)
-                    rows += n
-                    yield data
-
-            size, checksum = _write_durable(staging, blobs())
-        else:
-            from app.sinks.parquet import ParquetPart
-
-            builder = ParquetPart()
-            kept: list[int] = []  # offset of each row handed to the builder, in order
-            for chunk in part.chunks():
-                tokens, offsets, cols, dups = _screen(chunk, limit, rejects, seen)
-                repeated += dups
-                builder.add(tokens, cols)
-                kept.extend(offsets)
-            data, rows, bad = builder.finish()
-            rejects.extend(Reject(kept[i], UNWRITABLE, msg) for i, msg in sorted(bad.items()))
-            size, checksum = _write_durable(staging, [data])
+        enc = Encoded()
+        size, checksum = _write_durable(staging, encode(part, self.fmt, self.max_row_bytes, enc))
         _fsync_dir(sdir)
-        rejects.sort(key=lambda r: r.offset)
         info = PartInfo(
             sink=self.name,
             topic=topic,
             partition=partition,
             first_offset=first,
             last_offset=last,
-            rows=rows,
+            rows=enc.rows,
             bytes=size,
             checksum=checksum,
             staging_path=str(staging),
             final_path=str(self.final_path(topic, partition, first, last)),
         )
-        return Prepared(info, rejects, repeated=repeated)
+        return Prepared(info, enc.rejects, repeated=enc.repeated)
 
     def commit_external(self, prepared: Prepared) -> Outcome:
         """Nothing: the Kafka transaction is a file sink's commit point."""

@@ -41,6 +41,9 @@ from app.tokens import Token
 
 log = logging.getLogger("ledgerflow.sink.postgres")
 
+# The key of the advisory lock that serializes schema DDL across sink workers.
+SCHEMA_LOCK_KEY = 0x6C65646765720001
+
 OFFSETS_DDL = """CREATE TABLE IF NOT EXISTS ledgerflow_offsets (
     sink text NOT NULL, topic text NOT NULL, partition int NOT NULL,
     next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
@@ -156,11 +159,16 @@ class PostgresWriter:
 
     # -- schema -----------------------------------------------------------------------
     def ensure_schema(self) -> None:
-        """Create the tables (``create_table``) and check the target table's columns."""
+        """Create the tables (``create_table``) and check the target table's columns.
+
+        Safe when several sink workers start at once: ``CREATE TABLE IF NOT EXISTS`` is
+        not (two creators can both pass the check), so the DDL runs under a transaction
+        advisory lock that serializes it across every ledgerflow sink on the database."""
 
         def run() -> None:
             c = self.conn()
             with c.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
                 cur.execute(OFFSETS_DDL)
                 cur.execute(REJECTS_DDL)
                 if self.create_table:

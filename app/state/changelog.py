@@ -24,12 +24,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from app.faults import crash_point
 from app.kafka.admin import Admin
+from app.kafka.clients import THROWAWAY_GROUP_PREFIX, InRecord
 from app.kafka.errors import classify
 from app.state.store import PartitionStore
 
@@ -44,6 +45,24 @@ def changelog_topic(pipeline: str, store: str) -> str:
 
 class ChangelogMismatch(RuntimeError):
     pass
+
+
+R = TypeVar("R")
+
+
+def _in_record(m: Any) -> InRecord:
+    ts_type, ts = m.timestamp()
+    return InRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers(), ts if ts_type else None)
+
+
+def _pair(m: Any) -> tuple[bytes, bytes | None]:
+    """What a store restore needs of a changelog record (a restore reads millions)."""
+    return m.key(), m.value()
+
+
+class ChangelogGap(RuntimeError):
+    """Records the store needs were deleted from its changelog (retention or
+    delete-records): restoring would silently lose state, so it is refused."""
 
 
 def ensure_changelog(admin: Admin, topic: str, input_topic: str, replication_factor: int | None = None) -> int:
@@ -72,10 +91,11 @@ class Restorer:
     def __init__(self, bootstrap: str, extra: Mapping[str, Any] | None = None) -> None:
         conf: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
-            "group.id": f"ledgerflow-restore-{uuid.uuid4().hex}",
+            "group.id": f"{THROWAWAY_GROUP_PREFIX}restore-{uuid.uuid4().hex}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "auto.offset.reset": "error",  # never skip silently past records that are gone
             "fetch.max.bytes": 64 << 20,
             "max.partition.fetch.bytes": 16 << 20,
             "queued.max.messages.kbytes": 262_144,
@@ -92,14 +112,21 @@ class Restorer:
         """The partition's high watermark, from a ListOffsets request to its leader."""
         return self._admin.end_offsets([(topic, partition)])[(topic, partition)]
 
+    def end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        """High watermarks of several partitions of ``topic`` in one request."""
+        ends = self._admin.end_offsets([(topic, p) for p in partitions])
+        return {p: ends[(topic, p)] for p in partitions}
+
     def restore(
         self,
         store: PartitionStore,
         chunk: int = 50_000,
         timeout: float = 600.0,
         progress: Callable[[int, int], None] | None = None,
+        quiet: bool = False,
     ) -> int:
         """Bring ``store`` up to the changelog's end; returns the records applied.
+        ``quiet``: a routine catch-up (a standby copy), its summary lines at debug level.
 
         ``progress(applied, remaining)`` is called after every chunk written to the
         store and once at the end (``remaining == 0``): records applied since the last
@@ -118,16 +145,71 @@ class Restorer:
             )
             store.wipe()
         if store.offset >= end:
-            log.info("state store %s is up to date with %s/%d (offset %d)", store.path, topic, partition, end)
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "state store %s is up to date with %s/%d (offset %d)",
+                store.path,
+                topic,
+                partition,
+                end,
+            )
             report(0, 0)
             return 0
+        applied = self.read(
+            topic,
+            partition,
+            store.offset,
+            end,
+            lambda pairs, next_offset: store.apply_restored([kv for kv in pairs if kv[0] is not None], next_offset),
+            chunk=chunk,
+            convert=_pair,
+            timeout=timeout,
+            progress=report,
+            quiet=quiet,
+        )
+        return applied
+
+    def read(
+        self,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        apply: Callable[[list[R], int], None],
+        *,
+        chunk: int = 50_000,
+        timeout: float = 600.0,
+        progress: Callable[[int, int], None] | None = None,
+        quiet: bool = False,
+        allow_gap: bool = False,
+        convert: Callable[[Any], R] = _in_record,  # type: ignore[assignment]
+    ) -> int:
+        """Read ``topic/partition`` read_committed from ``start`` up to ``end``, handing
+        ``apply(records, next_offset)`` chunks of at most ``chunk`` records, each with
+        the offset to resume from once it is applied; returns the records read.
+        ``next_offset`` moves past transaction markers and aborted records too.
+        ``quiet``: the summary line at debug level (a routine catch-up, not a restore).
+        A ``start`` below the partition's first offset raises ``ChangelogGap``, or with
+        ``allow_gap`` reads from the first offset (logged as a warning). ``convert`` makes
+        each message what ``apply`` receives (default: an ``InRecord``)."""
+        report = progress or (lambda _applied, _remaining: None)
+        low, _high = self._c.get_watermark_offsets(TopicPartition(topic, partition), timeout=15, cached=False)
+        if start < low:
+            if not allow_gap:
+                raise ChangelogGap(
+                    f"changelog {topic}/{partition} starts at offset {low}, but the store needs its records from "
+                    f"offset {start}: records were deleted (retention or delete-records), so the state cannot be "
+                    "rebuilt from it. Recreate the changelog and reprocess the input from the start to rebuild it."
+                )
+            log.warning("%s/%d starts at offset %d, not %d: reading from there", topic, partition, low, start)
+            start = low
         started = time.monotonic()
         last_log = started
         applied = 0
-        tp = TopicPartition(topic, partition, store.offset)
+        tp = TopicPartition(topic, partition, start)
         self._c.assign([tp])
-        buf: list[tuple[bytes, bytes | None]] = []
-        next_offset = store.offset
+        buf: list[R] = []
+        next_offset = start
         try:
             while next_offset < end:
                 if time.monotonic() - started > timeout:
@@ -142,14 +224,14 @@ class Restorer:
                         if err.code() == KafkaError._PARTITION_EOF:
                             continue
                         raise classify("consume", KafkaException(err))
-                    buf.append((m.key(), m.value()))
+                    buf.append(convert(m))
                     next_offset = m.offset() + 1
                 # transaction markers and aborted records never surface: trust the position
                 pos: Any = self._c.position([TopicPartition(topic, partition)])[0].offset
                 if pos is not None and pos > next_offset:
                     next_offset = pos
                 if len(buf) >= chunk:
-                    store.apply_restored(buf, next_offset)
+                    apply(buf, next_offset)
                     applied += len(buf)
                     report(len(buf), end - next_offset)
                     buf = []
@@ -167,20 +249,21 @@ class Restorer:
                         end,
                         rate,
                     )
-            if buf or next_offset > store.offset:
-                store.apply_restored(buf, next_offset)
+            if buf or next_offset > start:
+                apply(buf, next_offset)
                 applied += len(buf)
             report(len(buf), 0)
         finally:
             self._c.unassign()
         took = time.monotonic() - started
-        log.info(
-            "restored %s/%d: %d records in %.2fs (%.0f records/s), store at offset %d",
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "restored %s/%d: %d records in %.2fs (%.0f records/s), at offset %d",
             topic,
             partition,
             applied,
             took,
             applied / took if took > 0 else 0.0,
-            store.offset,
+            next_offset,
         )
         return applied

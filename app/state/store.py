@@ -156,3 +156,15 @@ class PartitionStore:
             if not isinstance(key, bytes) or not key.startswith(prefix):
                 return
             yield key, value
+
+    def scan_live(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Entries under ``prefix`` as the batch sees them: committed, then the batch's
+        changes over them (the current row's excluded), in key order."""
+        live = dict(self.scan(prefix))
+        for key, value in self.pending.items():
+            if key.startswith(prefix):
+                if value is None:
+                    live.pop(key, None)
+                else:
+                    live[key] = value
+        yield from sorted(live.items())

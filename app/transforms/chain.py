@@ -139,6 +139,73 @@ def route_step(field: str, routes: dict[str, str], default: str | None) -> StepF
     return run
 
 
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is a bool")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(f"{v!r} has a fraction")
+        return int(v)
+    if isinstance(v, str):
+        return int(v)
+    raise ValueError(f"{type(v).__name__} value")
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ValueError(f"{type(v).__name__} value {v!r}")
+    return float(v)
+
+
+def _to_string(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"  # the JSON spelling
+    if isinstance(v, str | int | float):
+        return str(v)
+    raise ValueError(f"{type(v).__name__} value")
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v in ("true", "false"):
+        return v == "true"
+    raise ValueError(f"{v!r} is neither a bool nor 'true'/'false'")
+
+
+CASTS: dict[str, Callable[[Any], Any]] = {"int": _to_int, "float": _to_float, "string": _to_string, "bool": _to_bool}
+
+
+def cast_step(fields: dict[str, str]) -> StepFn:
+    """Convert the named payload fields (absent and null values stay as they are); a value
+    that does not convert raises ``ValueError`` naming the field, so the row is dead-lettered."""
+    casts = []
+    for name, kind in fields.items():
+        fn = CASTS.get(kind)
+        if fn is None:
+            raise StepError(f"cast: field {name!r}: unknown type {kind!r}; use one of {', '.join(CASTS)}")
+        casts.append((name, kind, fn))
+
+    def run(items: list[Item]) -> list[Item]:
+        out = []
+        for topic, tok in items:
+            p = dict(tok["payload"])
+            for name, kind, fn in casts:
+                v = p.get(name)
+                if v is None:
+                    continue
+                try:
+                    p[name] = fn(v)
+                except ValueError as exc:
+                    raise ValueError(f"cast: field {name!r} to {kind}: {exc}") from None
+            out.append((topic, _with_payload(tok, p)))
+        return out
+
+    return run
+
+
 class CompiledChain:
     """One transform's steps folded into a per-token function; rows routed nowhere are
     dropped. ``dropped`` counts, per step label, the input rows a step left with no
@@ -167,6 +234,11 @@ class CompiledChain:
             if dest is not None:
                 result.append((dest, t))
         return result
+
+    def count_dropped(self, label: str, rows: int) -> None:
+        """Add ``rows`` refused by the step ``label`` outside ``__call__`` (the columnar path)."""
+        if rows:
+            self.dropped[label] = self.dropped.get(label, 0) + rows
 
     def take_dropped(self) -> dict[str, int]:
         out, self.dropped = self.dropped, {}

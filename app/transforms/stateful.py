@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -48,12 +48,38 @@ class StatefulOp(Protocol):
     def close(self, partition: int) -> None: ...
     def process(self, partition: int, store: PartitionStore, token: Token) -> Out: ...
     def end_batch(self, partition: int, store: PartitionStore) -> None: ...
+    def row_failed(self, partition: int, store: PartitionStore) -> None: ...  # row's changes dropped: resync
+
+
+@runtime_checkable
+class ReadsBeforeBatch(Protocol):
+    """An operator that reads input of its own (a join's table) before a batch's rows:
+    outside the row loop, so a failing read stops the batch instead of refusing rows."""
+
+    def begin_batch(self, partitions: list[int]) -> None: ...
+
+
+@runtime_checkable
+class TwoSided(Protocol):
+    """An operator with a second input (an interval join's right topic): its rows go to
+    ``process_right``, through the same store and changelog as the input's."""
+
+    def process_right(self, partition: int, store: PartitionStore, token: Token) -> Out: ...
+
+
+@runtime_checkable
+class DeadLetterSource(Protocol):
+    """An operator that refuses input of its own (e.g. a join's table records): its DLQ
+    records go into the batch transaction, and are forgotten only after it commits."""
+
+    def take_dead_letters(self) -> list[tuple[str, bytes]]: ...  # (reason, DLQ record)
+    def dead_letters_committed(self) -> None: ...
 
 
 TOKEN_ID_FIELD = "_token_id"
 
 
-def _key_of(token: Token, field: str | None) -> str:
+def key_of(token: Token, field: str | None) -> str:
     if field == TOKEN_ID_FIELD:
         return token["token_id"]
     if field is None:
@@ -67,7 +93,7 @@ def _key_of(token: Token, field: str | None) -> str:
     return str(value)
 
 
-def _time_of(token: Token, field: str | None) -> int:
+def time_of(token: Token, field: str | None) -> int:
     t: Any = token["event_time_ms"] if field is None else token["payload"].get(field)
     if isinstance(t, bool) or not isinstance(t, int):
         where = "event_time_ms" if field is None else f"payload field {field!r}"
@@ -75,7 +101,7 @@ def _time_of(token: Token, field: str | None) -> int:
     return t
 
 
-class _Watermarks:
+class Watermarks:
     """Per-partition watermark, persisted at ``m|wm`` at the end of each batch."""
 
     def __init__(self) -> None:
@@ -112,7 +138,7 @@ class Dedupe:
         self.field = field
         self.ttl = ttl_ms
         self.time_field = time_field
-        self.wms = _Watermarks()
+        self.wms = Watermarks()
         self._purged_at: dict[int, int] = {}
 
     def open(self, partition: int, store: PartitionStore) -> None:
@@ -123,14 +149,17 @@ class Dedupe:
         self.wms.drop(partition)
         self._purged_at.pop(partition, None)
 
+    def row_failed(self, partition: int, store: PartitionStore) -> None:
+        return None  # no index: the store is the only state (the watermark stays deterministic)
+
     def process(self, partition: int, store: PartitionStore, token: Token) -> Out:
-        skey = b"d|" + _key_of(token, self.field).encode()
+        skey = b"d|" + key_of(token, self.field).encode()
         if self.ttl is None:
             if store.get(skey) is not None:
                 return []
             store.put(skey, b"0")
             return [(None, token)]
-        t = _time_of(token, self.time_field)
+        t = time_of(token, self.time_field)
         wm = self.wms.wm[partition]
         seen = store.get(skey)
         live = seen is not None and int(seen) + self.ttl > wm
@@ -156,10 +185,105 @@ class Dedupe:
         store.end_row(True)
 
 
+def value_of(token: Token, field: str | None) -> int | float:
+    """The numeric ``field`` of a row's payload (``bad_value`` to the DLQ otherwise)."""
+    assert field is not None
+    v = token["payload"].get(field)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise CodecError("bad_value", f"aggregate value field {field!r} is not a number (got {v!r})")
+    return v
+
+
+def fold(functions: list[str], agg: dict[str, Any], value: int | float | None) -> dict[str, Any]:
+    """``agg`` (count/sum/min/max so far) updated in place by one row's ``value``."""
+    for f in functions:
+        if f == "count":
+            agg["count"] = agg.get("count", 0) + 1
+        elif f == "sum":
+            agg["sum"] = agg.get("sum", 0) + value
+        elif f == "min":
+            cur = agg.get("min")
+            agg["min"] = value if cur is None or value < cur else cur
+        else:
+            cur = agg.get("max")
+            agg["max"] = value if cur is None or value > cur else cur
+    return agg
+
+
+def combine(functions: list[str], a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two partial aggregates as one (``a`` updated in place): a merged session's."""
+    for f in functions:
+        if f in ("count", "sum"):
+            a[f] = a.get(f, 0) + b.get(f, 0)
+        elif b.get(f) is not None:
+            cur = a.get(f)
+            a[f] = b[f] if cur is None or (b[f] < cur if f == "min" else b[f] > cur) else cur
+    return a
+
+
 _FUNCS = ("count", "sum", "min", "max")
 
 
-class Aggregate:
+class AggregateBase:
+    """What every aggregate shares: key, value and time fields, the functions, the
+    allowed lateness, where late rows go, and the partition watermarks."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        key_field: str | None,
+        value_field: str | None,
+        functions: list[str],
+        lateness_ms: int,
+        time_field: str | None,
+        late_topic: str | None,
+    ) -> None:
+        self.name = name
+        self.key_field = key_field
+        self.value_field = value_field
+        self.functions = [f for f in _FUNCS if f in functions]
+        self.lateness = lateness_ms
+        self.time_field = time_field
+        self.late_topic = late_topic
+        self.needs_value = any(f != "count" for f in self.functions)
+        self.wms = Watermarks()
+
+    def _indexes(self) -> tuple[dict[int, Any], ...]:
+        """The subclass's per-partition in-memory indexes (rebuilt by ``open``)."""
+        raise NotImplementedError
+
+    def close(self, partition: int) -> None:
+        self.wms.drop(partition)
+        for index in self._indexes():
+            index.pop(partition, None)
+
+    def end_batch(self, partition: int, store: PartitionStore) -> None:
+        self.wms.save(partition, store)
+
+    def _value(self, token: Token) -> int | float | None:
+        return value_of(token, self.value_field) if self.needs_value else None
+
+    def _window_result(self, key: str, start: int, end: int, agg: dict[str, Any]) -> Token:
+        """A closed window's result: id ``<transform>:<key>:<start>``, event time ``end``."""
+        return {
+            "token_id": f"{self.name}:{key}:{start}",
+            "key": key,
+            "payload": {"key": key, "window_start": start, "window_end": end, **agg},
+            "source_id": self.name,
+            "source_position": f"{key}@{start}",
+            "event_time_ms": end,
+            "lineage": [self.name],
+        }
+
+    def _late(self, token: Token, t: int, wm: int) -> Out:
+        """A late row: to ``late_topic``, or refused (DLQ ``late_row``)."""
+        if self.late_topic is None:
+            raise LateRow(f"event time {t} is behind the watermark {wm} by more than the allowed lateness")
+        return [(self.late_topic, token)]
+
+
+class Aggregate(AggregateBase):
     """count / sum / min / max per key, over all time or per event-time window.
 
     Without a window every row emits the key's updated aggregate (same token id as
@@ -170,30 +294,10 @@ class Aggregate:
     all of whose windows are closed is late: DLQ (``late_row``) or ``late_topic``.
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        key_field: str | None,
-        value_field: str | None,
-        functions: list[str],
-        size_ms: int | None,
-        advance_ms: int | None,
-        lateness_ms: int,
-        time_field: str | None,
-        late_topic: str | None,
-    ) -> None:
-        self.name = name
-        self.key_field = key_field
-        self.value_field = value_field
-        self.functions = [f for f in _FUNCS if f in functions]
+    def __init__(self, name: str, *, size_ms: int | None, advance_ms: int | None, **common: Any) -> None:
+        super().__init__(name, **common)
         self.size = size_ms
         self.advance = advance_ms or size_ms
-        self.lateness = lateness_ms
-        self.time_field = time_field
-        self.late_topic = late_topic
-        self.needs_value = any(f != "count" for f in self.functions)
-        self.wms = _Watermarks()
         # per partition: heap of open window starts, and window start -> keys in it
         self._heap: dict[int, list[int]] = {}
         self._open: dict[int, dict[int, set[str]]] = {}
@@ -211,41 +315,18 @@ class Aggregate:
         heapq.heapify(heap)
         self._heap[partition] = heap
 
-    def close(self, partition: int) -> None:
-        self.wms.drop(partition)
-        self._heap.pop(partition, None)
-        self._open.pop(partition, None)
+    def _indexes(self) -> tuple[dict[int, Any], ...]:
+        return self._heap, self._open
 
-    def end_batch(self, partition: int, store: PartitionStore) -> None:
-        self.wms.save(partition, store)
+    def row_failed(self, partition: int, store: PartitionStore) -> None:
+        return None  # a window indexed for a dropped row is skipped when it closes
 
     # -- rows --------------------------------------------------------------------
-    def _value(self, token: Token) -> int | float | None:
-        if not self.needs_value:
-            return None
-        assert self.value_field is not None
-        v = token["payload"].get(self.value_field)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise CodecError("bad_value", f"aggregate value field {self.value_field!r} is not a number (got {v!r})")
-        return v
-
     def _update(self, raw: bytes | None, value: int | float | None) -> dict[str, Any]:
-        agg: dict[str, Any] = orjson.loads(raw) if raw is not None else {}
-        for f in self.functions:
-            if f == "count":
-                agg["count"] = agg.get("count", 0) + 1
-            elif f == "sum":
-                agg["sum"] = agg.get("sum", 0) + value
-            elif f == "min":
-                cur = agg.get("min")
-                agg["min"] = value if cur is None or value < cur else cur
-            else:
-                cur = agg.get("max")
-                agg["max"] = value if cur is None or value > cur else cur
-        return agg
+        return fold(self.functions, orjson.loads(raw) if raw is not None else {}, value)
 
     def process(self, partition: int, store: PartitionStore, token: Token) -> Out:
-        key = _key_of(token, self.key_field)
+        key = key_of(token, self.key_field)
         value = self._value(token)
         if self.size is None:
             skey = b"k|" + key.encode()
@@ -254,14 +335,12 @@ class Aggregate:
             out = token.copy()
             out["payload"] = {"key": key, **agg}
             return [(None, out)]
-        t = _time_of(token, self.time_field)
+        t = time_of(token, self.time_field)
         wm = self.wms.wm[partition]
         size, lateness = self.size, self.lateness
         starts = [ws for ws in self._windows(t) if ws + size + lateness > wm]
         if not starts:
-            if self.late_topic is None:
-                raise LateRow(f"event time {t} is behind the watermark {wm} by more than the allowed lateness")
-            return [(self.late_topic, token)]
+            return self._late(token, t, wm)
         windows, heap = self._open[partition], self._heap[partition]
         for ws in starts:
             skey = b"w|%020d|%s" % (ws, key.encode())
@@ -303,16 +382,7 @@ class Aggregate:
 
     def _result(self, key: str, ws: int, agg: dict[str, Any]) -> Token:
         assert self.size is not None
-        we = ws + self.size
-        return {
-            "token_id": f"{self.name}:{key}:{ws}",
-            "key": key,
-            "payload": {"key": key, "window_start": ws, "window_end": we, **agg},
-            "source_id": self.name,
-            "source_position": f"{key}@{ws}",
-            "event_time_ms": we,
-            "lineage": [self.name],
-        }
+        return self._window_result(key, ws, ws + self.size, agg)
 
 
 class KeyValueState:
@@ -362,6 +432,9 @@ class UserStateful:
         return None
 
     def end_batch(self, partition: int, store: PartitionStore) -> None:
+        return None
+
+    def row_failed(self, partition: int, store: PartitionStore) -> None:
         return None
 
     def process(self, partition: int, store: PartitionStore, token: Token) -> Out:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv and installs ledgerflow with its dev extras; re-runs pip only when
 # pyproject.toml changed. Resolves the Kafka jars (Maven Central) into the cache.
+# Resolves Apicurio Registry (Maven Central) too, for the schema registry tests.
 # Used by `make demo`, `make test` and .ci/run: nothing needs installing by hand.
+# `--lake` also builds the local S3 store (SeaweedFS) the lake-sink tests start.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -39,3 +41,12 @@ for tool in java mvn; do
   command -v "$tool" >/dev/null || { echo "bootstrap: $tool is required (Java 17+ and Maven)" >&2; exit 1; }
 done
 .venv/bin/ledgerflow kafka resolve >&2
+# Apicurio Registry (the schema registry of the registry tests and `ledgerflow registry
+# up`): its runnable tarball from Maven Central, unpacked into the cache once (~110 MB)
+.venv/bin/ledgerflow registry resolve >&2
+# --lake (make test, CI): SeaweedFS, the S3 store of the lake-sink tests, built once from
+# its Go module into the cache (about 4 minutes; `ledgerflow demo --sink s3` builds it
+# on first use too)
+if [ "${1:-}" = "--lake" ]; then
+  .venv/bin/ledgerflow s3 resolve >&2
+fi

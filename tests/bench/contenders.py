@@ -4,8 +4,9 @@
 
 Each reads ``--rows`` JSON rows from ``--input`` and writes the same rows with one
 field added (the "trivial map") to ``--output``, as its users would write it, then
-exits (faust and Quix run until the harness stops them). ``rawparquet`` instead
-reads ledgerflow tokens and writes Parquet parts (the file-sink ceiling).
+exits (faust, Quix and ``raweos`` run until the harness stops them). ``raweos`` copies
+the bytes unchanged (no codec: the librdkafka floor); ``rawparquet`` and the other
+sink modes read ledgerflow tokens or JSON and write the sink's ceiling.
 Progress is measured by the harness from the consumer group's committed offsets.
 """
 
@@ -66,36 +67,141 @@ def raw_loop(a: argparse.Namespace) -> None:
     c.close()
 
 
+def raw_eos(a: argparse.Namespace) -> None:
+    """confluent-kafka, exactly once, no codec: consume read_committed, produce the same
+    bytes, one transaction per ``--interval-ms`` with the offsets in it (KIP-447), with
+    ledgerflow's producer settings. What is left above this is librdkafka and the broker."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": a.bootstrap,
+            "group.id": a.group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    p = Producer(
+        {
+            "bootstrap.servers": a.bootstrap,
+            "transactional.id": f"{a.group}-txn",
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "compression.type": "lz4",
+        }
+    )
+    p.init_transactions()
+    c.subscribe([a.input])
+    interval = a.interval_ms / 1000
+    produce, out = p.produce, a.output
+    while True:  # until the harness stops it
+        p.begin_transaction()
+        deadline = time.monotonic() + interval
+        ends: dict[tuple[str, int], int] = {}
+        while (left := deadline - time.monotonic()) > 0:
+            for m in c.consume(10_000, min(left, 0.1)):
+                if m.error():
+                    continue
+                while True:
+                    try:
+                        produce(out, m.value(), m.key())
+                        break
+                    except BufferError:
+                        p.poll(0.01)
+                ends[(m.topic(), m.partition())] = m.offset() + 1
+            p.poll(0)
+        if ends:
+            tps = [TopicPartition(t, n, o) for (t, n), o in ends.items()]
+            p.send_offsets_to_transaction(tps, c.consumer_group_metadata())
+        p.commit_transaction()
+
+
 def raw_parquet(a: argparse.Namespace) -> None:
     """consume ledgerflow tokens + pyarrow Parquet parts, at-least-once (offsets after the write)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    c, parts = _token_parts(a)
+    for n, rows in enumerate(parts):
+        pq.write_table(pa.Table.from_pylist(rows), out / f"part-{n:06d}.parquet", compression="zstd")
+        c.commit(asynchronous=False)
+    c.close()
+
+
+def _token_parts(a: argparse.Namespace) -> Any:
+    """(consumer, iterator of row-dict parts of ``--part-rows``); commit the consumer after each."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from app.codecs.tokens import TokenCodec
 
     codec = TokenCodec()
-    out = Path(a.output)
-    out.mkdir(parents=True, exist_ok=True)
     c = _consumer(a)
     c.subscribe([a.input])
-    done, n = 0, 0
-    buf: list[dict[str, object]] = []
-    while done < a.rows:
-        msgs = c.consume(10000, 0.2)
-        for m in msgs:
-            if m.error():
-                continue
-            t = codec.decode(m.value())
-            buf.append(
-                {"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **t["payload"]}
-            )
-        done += len(msgs)
-        if buf and (len(buf) >= a.part_rows or done >= a.rows or not msgs):
-            pq.write_table(pa.Table.from_pylist(buf), out / f"part-{n:06d}.parquet", compression="zstd")
-            n += 1
-            buf = []
-            c.commit(asynchronous=False)
+
+    def parts() -> Any:
+        done = 0
+        buf: list[dict[str, object]] = []
+        while done < a.rows:
+            msgs = c.consume(10000, 0.2)
+            for m in msgs:
+                if m.error():
+                    continue
+                t = codec.decode(m.value())
+                buf.append(
+                    {"_token_id": t["token_id"], "_key": t["key"], "_event_time_ms": t["event_time_ms"], **t["payload"]}
+                )
+            done += len(msgs)
+            if buf and (len(buf) >= a.part_rows or done >= a.rows or not msgs):
+                yield buf
+                buf = []
+
+    return c, parts()
+
+
+def raw_s3(a: argparse.Namespace) -> None:
+    """consume ledgerflow tokens + pyarrow Parquet + one PutObject per part, at-least-once."""
+    import io
+
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from botocore.config import Config
+
+    key, secret = Path(a.key_file).read_text(), Path(a.secret_file).read_text()
+    cfg = Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required")
+    s3 = boto3.client("s3", endpoint_url=a.endpoint, aws_access_key_id=key, aws_secret_access_key=secret, config=cfg)
+    c, parts = _token_parts(a)
+    for n, rows in enumerate(parts):
+        out = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), out, compression="zstd")
+        s3.put_object(Bucket=a.output, Key=f"raw/part-{n:06d}.parquet", Body=out.getvalue())
+        c.commit(asynchronous=False)
+    c.close()
+
+
+def raw_iceberg(a: argparse.Namespace) -> None:
+    """consume ledgerflow tokens + a plain pyiceberg append per part, at-least-once."""
+    import pyarrow as pa
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog = SqlCatalog("bench", uri=a.dsn, warehouse=f"file://{a.output}")
+    catalog.create_namespace_if_not_exists("bench")
+    table = None
+    c, parts = _token_parts(a)
+    for rows in parts:
+        arrow = pa.Table.from_pylist(rows)
+        # an all-null column (no keys) has no Iceberg v2 type: store it as string
+        arrow = arrow.cast(
+            pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in arrow.schema])
+        )
+        if table is None:
+            table = catalog.create_table_if_not_exists("bench.raw", schema=arrow.schema)
+        table.append(arrow)
+        c.commit(asynchronous=False)
     c.close()
 
 
@@ -163,7 +269,8 @@ def quix_pg(a: argparse.Namespace) -> None:
 
 
 def quix(a: argparse.Namespace) -> None:
-    """Quix Streams with processing_guarantee="exactly-once"."""
+    """Quix Streams with processing_guarantee="exactly-once", committing every
+    ``--interval-ms`` (0: Quix's default, 5 s)."""
     from quixstreams import Application
 
     app = Application(
@@ -171,6 +278,7 @@ def quix(a: argparse.Namespace) -> None:
         consumer_group=a.group,
         auto_offset_reset="earliest",
         processing_guarantee="exactly-once",
+        **({"commit_interval": a.interval_ms / 1000} if a.interval_ms else {}),
         use_changelog_topics=False,
         auto_create_topics=False,
     )
@@ -210,8 +318,11 @@ def faust_app(a: argparse.Namespace) -> None:
 
 MODES = {
     "raw": raw_loop,
+    "raweos": raw_eos,
     "rawparquet": raw_parquet,
     "rawcopy": raw_copy,
+    "raws3": raw_s3,
+    "rawiceberg": raw_iceberg,
     "quix": quix,
     "quixpg": quix_pg,
     "faust": faust_app,
@@ -227,7 +338,11 @@ def main() -> None:
     ap.add_argument("--group", required=True)
     ap.add_argument("--rows", type=int, required=True)
     ap.add_argument("--part-rows", type=int, default=50_000)
+    ap.add_argument("--interval-ms", type=int, default=0, help="commit interval (raweos, quix); 0: the default")
     ap.add_argument("--dsn", default="")
+    ap.add_argument("--endpoint", default="")
+    ap.add_argument("--key-file", default="")
+    ap.add_argument("--secret-file", default="")
     a = ap.parse_args()
     t0 = time.monotonic()
     MODES[a.mode](a)

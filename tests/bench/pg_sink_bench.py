@@ -36,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--part", type=int, default=10_000)
-    ap.add_argument("--port", type=int, default=35632)
+    ap.add_argument("--port", type=int, default=15632)
     args = ap.parse_args()
     tokens = GeneratorSource("g", rows=args.rows, seed=1).poll(args.rows).tokens
     server = PgServer(args.port)

@@ -35,7 +35,7 @@ from tests.conftest import KafkaEnv
 from tests.faultsuite import MAX_FAILURES, Fault, FaultRun, Outcome, Report, check, comparable, paced_pipeline
 from tests.harness import sink_lines, uid
 
-pytestmark = [pytest.mark.integration, pytest.mark.crash]
+pytestmark = [pytest.mark.integration, pytest.mark.crash, pytest.mark.serial]
 
 RATE = 150  # rows/s: the run outlasts the faults, so each lands mid-stream
 SINGLE_PORT = int(os.environ.get("LEDGERFLOW_TEST_BOUNCE_PORT", "29900"))

@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,35 +31,56 @@ from tests.harness import (
     wait_log,
     write_pipeline,
 )
+from tests.join_harness import assert_joined, produce_table, write_join
 
-pytestmark = [pytest.mark.integration, pytest.mark.crash]
+pytestmark = [pytest.mark.integration, pytest.mark.crash, pytest.mark.serial]
 
 
 def _ids(n: int) -> set[str]:
     return {f"gen:{i}" for i in range(n)}
 
 
-def test_twenty_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
-    rows = 100_000
+def test_random_sigkills(kafka: KafkaEnv, tmp_path: Path) -> None:
+    """Ten SIGKILLs of the whole pipeline at random moments, then a run to completion
+    (the soak below and the S3 soak do many more with ``-m slow``)."""
+    kills = 10
+    rows = 60_000
     name = f"kills-{uid()}"
     # paced so the run outlasts the kills: every SIGKILL lands mid-stream
     src = f"  - {{name: gen, type: generator, topic: {name}.raw, rows: {rows}, seed: 11, rate_per_s: 2000}}\n"
     pf = write_pipeline(tmp_path, name, kafka, rows=rows, part_rows=5000, max_rows=5000, source_block=src)
-    rng = random.Random(20261122)
-    log = tmp_path / "run.log"
-    progress = []
-    for _ in range(20):
-        proc = popen(pf.spec, "--worker-id", "w1", "--exit-when-done", log=log)
-        time.sleep(rng.uniform(1.5, 4.0))
-        proc.kill()
-        proc.wait(30)
-        progress.append(len(sink_lines(pf.out)))
+    progress = _kill_lives(pf.spec, pf.out, tmp_path / "run.log", kills, random.Random(20261122))
     finished = run(pf.spec, "--worker-id", "w1", timeout=400)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert progress[-1] > 0, "the kills never let the pipeline make progress"
     assert progress[-1] < rows, f"the run finished before the last kill: {progress}"
     final = assert_exactly_once(kafka, pf, _ids(rows))
-    print(f"\nrandom kills: sink rows after each of 20 SIGKILLs {progress}; after the final run {len(final)}")
+    print(f"\nrandom kills: sink rows after each of {kills} SIGKILLs {progress}; after the final run {len(final)}")
+
+
+def _kill_lives(
+    spec: Path, out: Path, log: Path, kills: int, rng: random.Random, after: Callable[[int], None] | None = None
+) -> list[int]:
+    """Run the whole pipeline ``kills`` times, SIGKILLing each life 1.5-4 s after its
+    source started (its clock starts then: on a cold broker the start alone can outlast
+    the window), so every kill lands mid-stream; the sink's row count after each."""
+    progress = []
+    for life in range(1, kills + 1):
+        proc = popen(spec, "--worker-id", "w1", "--exit-when-done", log=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _text(log).count("source gen: restored") < life:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(1.5, 4.0))
+        proc.kill()
+        proc.wait(30)
+        progress.append(len(sink_lines(out)))
+        if after is not None:
+            after(life)
+    return progress
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _staged_pipeline(tmp_path: Path, kafka: KafkaEnv, name: str, rows: int, rate: int) -> PipelineFiles:
@@ -195,3 +217,28 @@ def test_soak_random_kills_across_stage_workers(kafka: KafkaEnv, tmp_path: Path)
     final = assert_exactly_once(kafka, pf, _ids(rows))
     counts = {w: victims.count(w) for w in sorted(stages)}
     print(f"\nsoak: {kills} SIGKILLs {counts}; {at_last_kill} rows at the last kill; {len(final)} rows exactly once")
+
+
+@pytest.mark.slow
+def test_soak_random_kills_of_a_join_pipeline(kafka: KafkaEnv, tmp_path: Path) -> None:
+    """Soak (``-m slow``): a lookup-join pipeline SIGKILLed at random moments, its local
+    table stores deleted after every other kill, then run to completion: the sink holds
+    each row once, joined with the table version in force at its event time (the
+    independent reference of ``tests.join_harness``)."""
+    import shutil
+
+    kills = int(os.environ.get("LF_SOAK_KILLS", "12"))
+    rows = 30_000
+    jp = write_join(tmp_path, f"joinsoak-{uid()}", kafka, rows=rows, rate=800)  # outlasts the kills
+    produce_table(kafka, jp.table, 3)
+
+    def drop_stores(life: int) -> None:
+        if life % 2 == 0:
+            shutil.rmtree(jp.state_dir, ignore_errors=True)  # the tables come back from their topic
+
+    progress = _kill_lives(jp.spec, jp.out, tmp_path / "run.log", kills, random.Random(20261202), drop_stores)
+    finished = run(jp.spec, "--worker-id", "w1", timeout=400)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    joined = assert_joined(kafka, jp, "left")
+    assert 0 < progress[-1] < len(joined.rows), f"the kills landed outside the run: {progress}"
+    print(f"\njoin soak: sink rows after each of {kills} SIGKILLs {progress}; joined {len(joined.rows)}")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import signal
-import socket
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 
 from app.faults import CRASH_EXIT_CODE
 from tests.conftest import KafkaEnv
-from tests.harness import assert_pg_exactly_once, popen, run, uid, wait_log, write_pg_pipeline
+from tests.harness import assert_pg_exactly_once, fenced_count, free_port, popen, run, uid, wait_log, write_pg_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
@@ -26,7 +24,7 @@ POINTS = [
 ]
 
 
-@pytest.mark.parametrize("hit", [1, 3])
+@pytest.mark.parametrize("hit", [1, pytest.param(3, marks=pytest.mark.slow)])  # both hits: -m slow
 @pytest.mark.parametrize("point", POINTS)
 def test_pg_crash_point(kafka: KafkaEnv, postgres: Any, tmp_path: Path, point: str, hit: int) -> None:
     name = f"pgc-{point.split('.')[1].replace('_', '-')}-{hit}-{uid()}"
@@ -38,20 +36,7 @@ def test_pg_crash_point(kafka: KafkaEnv, postgres: Any, tmp_path: Path, point: s
     assert_pg_exactly_once(kafka, pf, postgres.dsn, {f"gen:{i}" for i in range(ROWS)})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _fenced_count(port: int) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith("ledgerflow_transactions_total{") and 'outcome="fenced"' in line and 'name="db"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
+@pytest.mark.serial
 def test_pg_zombie_cas_fails(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> None:
     """A sink worker stops itself just before its 3rd part's DB transaction and stays
     stopped past the session timeout; another worker takes its partitions and advances
@@ -60,7 +45,7 @@ def test_pg_zombie_cas_fails(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> 
     rows = 30_000
     pf = write_pg_pipeline(tmp_path, f"pgz-{uid()}", kafka, postgres.dsn, rows=rows, rate=2500, partitions=4)
     logs = {n: tmp_path / f"{n}.log" for n in ("src", "tr", "s1", "s2")}
-    metrics = _free_port()
+    metrics = free_port()
     procs = [
         popen(pf.spec, "--stage", "source", "--worker-id", "src", log=logs["src"]),
         popen(pf.spec, "--stage", "transform", "--worker-id", "t1", log=logs["tr"]),
@@ -84,7 +69,7 @@ def test_pg_zombie_cas_fails(kafka: KafkaEnv, postgres: Any, tmp_path: Path) -> 
         time.sleep(12)  # past session.timeout.ms: the other worker owns and advances every partition
         s1.send_signal(signal.SIGCONT)
         wait_log(logs["s1"], "another owner advanced it", s1, timeout=60)
-        fenced = _fenced_count(metrics)
+        fenced = fenced_count(metrics, "db")
         import psycopg
 
         deadline = time.monotonic() + 240

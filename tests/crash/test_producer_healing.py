@@ -62,6 +62,7 @@ def test_a_fenced_producer_is_recreated_without_a_restart(kafka: KafkaEnv, tmp_p
     assert_exactly_once(kafka, pf, {f"gen:{i}" for i in range(rows)})  # type: ignore[arg-type]
 
 
+@pytest.mark.serial  # two workers racing on the session timeout
 def test_a_second_live_instance_with_the_same_worker_id_stops_the_older(kafka: KafkaEnv, tmp_path: Path) -> None:
     """Two sink processes with the same worker id (a real zombie, not a broker fault):
     the older one finds the newer's ``run_started`` and stops with exit code 3 naming

@@ -8,6 +8,7 @@ import contextlib
 import re
 import shutil
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from app.faults import CRASH_EXIT_CODE
+from app.kafka.admin import Admin
+from app.state.changelog import changelog_topic
 from tests.conftest import KafkaEnv
 from tests.harness import hanging_transactions, popen, read_dlq, run, stop, uid, wait_for_rows, wait_log
 from tests.stateful_harness import (
@@ -32,7 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 OPS = {"aggregate": AGGREGATE, "dedupe": DEDUPE}
 POINTS = ["state.after_changelog_before_commit", "state.after_commit_before_local_write"]
-HITS = [1, 3]
+HITS = [1, pytest.param(3, marks=pytest.mark.slow)]  # hit 1 by default; both with -m slow
 
 
 def assert_results(kafka: KafkaEnv, sp: StatefulPipeline, op: str) -> int:
@@ -146,6 +149,36 @@ def _restore_metrics(port: int) -> dict[str, float]:
     return out
 
 
+# an assignment's restore (INFO; a standby copy's catch-ups log at DEBUG): the records it applied
+ACTIVE_RESTORE = re.compile(
+    r" INFO ledgerflow\.state: (?:state store \S+ is up to date with|restored \S+\.changelog/\d+: (\d+) records)"
+)
+
+
+def _t2_takes_a_partition(
+    sp: StatefulPipeline,
+    tmp_path: Path,
+    procs: dict[str, subprocess.Popen[bytes]],
+    t1_env: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """Source, t1 and the sink run; once rows reach the sink t2 joins, takes a
+    partition over from t1 and commits rows (and so changelog records) of its own.
+    The processes go into ``procs`` (the caller stops them); returns their logs."""
+    logs = {n: tmp_path / f"{n}.log" for n in ("src", "t1", "t2", "sink")}
+    procs["src"] = popen(sp.spec, "--stage", "source", "--worker-id", "src", "--exit-when-done", log=logs["src"])
+    procs["t1"] = popen(sp.spec, "--stage", "transform", "--worker-id", "t1", log=logs["t1"], env_extra=t1_env)
+    procs["sink"] = popen(sp.spec, "--stage", "sink", "--worker-id", "sink", log=logs["sink"])
+    wait_for_rows(sp.out, 1000, proc=procs["sink"])
+    t2 = procs["t2"] = popen(sp.spec, "--stage", "transform", "--worker-id", "t2", log=logs["t2"])
+    wait_log(logs["t2"], "transform agg: assigned [(", t2, timeout=90)
+    deadline = time.monotonic() + 60
+    while not re.search(r"transform/agg: [1-9]\d* rows committed", logs["t2"].read_text()):
+        assert time.monotonic() < deadline and t2.poll() is None, logs["t2"].read_text()[-3000:]
+        time.sleep(0.5)
+    return logs
+
+
+@pytest.mark.serial  # two workers racing on the session timeout
 def test_stateful_partitions_move_between_workers(
     kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int]
 ) -> None:
@@ -153,28 +186,67 @@ def test_stateful_partitions_move_between_workers(
     # 20,000 rows at 1,250/s: the source still runs when t2 has joined, so t2 commits
     # state for the partition it takes over and t1 must restore it when it returns
     sp = write_stateful(tmp_path, f"st-rebal-{uid()}", kafka, OPS[op], rate=1250)
-    logs = {n: tmp_path / f"{n}.log" for n in ("src", "t1", "t2", "sink")}
-    src = popen(sp.spec, "--stage", "source", "--worker-id", "src", "--exit-when-done", log=logs["src"])
-    t1 = popen(sp.spec, "--stage", "transform", "--worker-id", "t1", log=logs["t1"])
-    sink = popen(sp.spec, "--stage", "sink", "--worker-id", "sink", log=logs["sink"])
-    t2 = None
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        wait_for_rows(sp.out, 1000, proc=sink)
-        t2 = popen(sp.spec, "--stage", "transform", "--worker-id", "t2", log=logs["t2"])
-        wait_log(logs["t2"], "transform agg: assigned [(", t2, timeout=90)
-        wait_log(logs["t2"], "restored ", t2)  # it took a partition over from t1's changelog
-        deadline = time.monotonic() + 60  # t2 committed rows (and so changelog records) of its own
-        while not re.search(r"transform/agg: [1-9]\d* rows committed", logs["t2"].read_text()):
-            assert time.monotonic() < deadline and t2.poll() is None, logs["t2"].read_text()[-3000:]
-            time.sleep(0.5)
-        assert src.poll() is None, "the source finished before t2 took part: nothing moved back to t1"
-        stop(t2)  # the partition moves back to t1, whose local store is now behind
-        assert src.wait(timeout=120) == 0
+        logs = _t2_takes_a_partition(sp, tmp_path, procs)
+        assert "restored " in logs["t2"].read_text()  # it took a partition over from t1's changelog
+        assert procs["src"].poll() is None, "the source finished before t2 took part: nothing moved back to t1"
+        stop(procs["t2"])  # the partition moves back to t1, whose local store is now behind
+        assert procs["src"].wait(timeout=120) == 0
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(sink_rows(sp.out)) < reference_counts[op]:
             time.sleep(0.5)
         time.sleep(2)
     finally:
-        stop(*(p for p in (src, t1, sink, t2) if p is not None))
+        stop(*procs.values())
     assert "restored " in logs["t1"].read_text()
+    assert assert_results(kafka, sp, op) == reference_counts[op]
+
+
+@pytest.mark.slow  # standbys are off by default; the default suite's budget keeps the move test above
+@pytest.mark.serial  # two workers racing on the session timeout
+def test_a_warm_standby_copy_leaves_nothing_to_restore_on_failback(
+    kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int]
+) -> None:
+    """With ``standby_replicas: 1`` t1 keeps a warm copy of the partition t2 took over;
+    when t2 stops after everything committed, t1 takes the partition back with its
+    store already at the changelog's end (nothing applied), and the results are exact."""
+    op = "aggregate"
+    # 20,000 rows at 1,000/s: the source still runs once t2 has joined, so t2 commits state of its own
+    sp = write_stateful(tmp_path, f"st-standby-{uid()}", kafka, OPS[op], rate=1000)
+    sp.spec.write_text(sp.spec.read_text().replace("    stateful:\n", "    standby_replicas: 1\n    stateful:\n", 1))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        # t1 at debug level: its standby copy logs each catch-up with the offset it reached
+        logs = _t2_takes_a_partition(sp, tmp_path, procs, t1_env={"LEDGERFLOW_LOG_LEVEL": "DEBUG"})
+        t1 = procs["t1"]
+        assert procs["src"].wait(timeout=120) == 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(sink_rows(sp.out)) < reference_counts[op]:
+            time.sleep(0.5)
+        # everything is committed: wait for t1's copy of t2's partition to reach the changelog's end
+        assigned = re.search(r"transform agg: assigned (\[.*\])", logs["t2"].read_text())
+        assert assigned is not None
+        moved = [int(p) for p in re.findall(r", (\d+)\)", assigned.group(1))]
+        changelog = changelog_topic(sp.name, "agg")
+        ends = Admin(kafka.bootstrap).end_offsets([(changelog, p) for p in moved])
+        deadline = time.monotonic() + 60
+        for (_t, p), end in ends.items():
+            caught_up = re.compile(rf"{re.escape(changelog)}/{p}\b.*offset {end}\b")
+            while not caught_up.search(logs["t1"].read_text()):
+                assert time.monotonic() < deadline and t1.poll() is None, f"t1's copy of {p} never reached {end}"
+                time.sleep(0.3)
+        before = len(logs["t1"].read_text())
+        stop(procs["t2"])  # the partition comes back to t1
+        deadline = time.monotonic() + 90  # t1's assignment of it restores (or finds it up to date)
+        while not ACTIVE_RESTORE.search(logs["t1"].read_text()[before:]):
+            assert time.monotonic() < deadline and t1.poll() is None, logs["t1"].read_text()[-3000:]
+            time.sleep(0.3)
+    finally:
+        stop(*procs.values())
+    t1_log = logs["t1"].read_text()
+    assert re.search(r"standby copy of \S+\.changelog/\d+ is warm", t1_log), t1_log[-3000:]
+    after = t1_log[before:]
+    restores = ACTIVE_RESTORE.findall(after)
+    assert restores and all(n in ("", "0") for n in restores), after[-3000:]  # up to date, or 0 applied
     assert assert_results(kafka, sp, op) == reference_counts[op]

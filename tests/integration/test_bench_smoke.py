@@ -24,9 +24,9 @@ def test_harness_smoke(kafka: KafkaEnv, monkeypatch: pytest.MonkeyPatch) -> None
                 "--scenarios",
                 "eos,files,pg",
                 "--contenders",
-                "ledgerflow,raw,copier",
+                "ledgerflow,columnar,raw,copier",
             ),
-            *("--timeout", "120", "--pg-port", "35641"),
+            *("--timeout", "120", "--pg-port", "35641", "--hop-latency-seconds", "0"),
         ]
     )
     by_name = {(r.scenario, r.contender): r for r in results}
@@ -34,6 +34,8 @@ def test_harness_smoke(kafka: KafkaEnv, monkeypatch: pytest.MonkeyPatch) -> None
         ("eos transform", "ledgerflow"),
         ("eos transform", "raw confluent-kafka loop"),
         ("eos transform", "Kafka TransactionalMessageCopier (Java)"),
+        ("eos transform", "ledgerflow declarative steps (columnar)"),
+        ("eos transform", "Python raw EOS passthrough"),
         ("file sink", "ledgerflow file sink (Parquet)"),
         ("file sink", "raw consume + pyarrow write"),
         ("postgres sink", "ledgerflow PostgreSQL sink"),

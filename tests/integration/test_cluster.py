@@ -21,9 +21,9 @@ from confluent_kafka.admin import ConfigResource, NewTopic
 
 from app.kafka.clients import TxnProducer
 from app.kafka.errors import LedgerKafkaError
-from tests.cluster import ClusterEnv
+from tests.cluster import CLUSTER_PORT, ClusterEnv
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -105,7 +105,7 @@ def test_cluster_replicates_internal_topics_and_defaults(healthy: ClusterEnv) ->
     meta = admin.list_topics(timeout=15)
     assert sorted(int(b) for b in meta.brokers) == [1, 2, 3]
     # clients only ever see the proxy ports: that is what the brokers advertise
-    assert sorted(b.port for b in meta.brokers.values()) == [29092, 29093, 29094]
+    assert sorted(b.port for b in meta.brokers.values()) == [CLUSTER_PORT, CLUSTER_PORT + 1, CLUSTER_PORT + 2]
     for internal in ("__consumer_offsets", "__transaction_state"):
         parts = meta.topics[internal].partitions.values()
         assert {len(p.replicas) for p in parts} == {3}, internal
@@ -161,7 +161,8 @@ def test_commits_need_acks_all(healthy: ClusterEnv) -> None:
     followers paused it cannot (an acks=1 producer would be acked by the live leader)."""
     topic = _name("acks")
     txn_id = f"tx-{topic}"
-    p = TxnProducer(healthy.bootstrap, txn_id, transaction_timeout_ms=20_000, extra={"message.timeout.ms": 12_000})
+    # message timeout past the ISR shrink (replica.lag.time.max.ms 8 s, checked every 4 s) on a loaded machine
+    p = TxnProducer(healthy.bootstrap, txn_id, transaction_timeout_ms=20_000, extra={"message.timeout.ms": 18_000})
     p.init()
     coordinator = healthy.coordinator_of(txn_id)
     assert coordinator is not None, "no coordinator found for the transactional id"
@@ -248,12 +249,12 @@ def test_cli_two_brokers_rf3_refused_ports_named_broker_reused(tmp_path: Path) -
     with topic/RF/broker count, status/logs/fault/down over every node, a taken port named
     with its holder, and a second ``kafka up``/``topics apply`` from another directory
     reusing the ledgerflow broker that already answers on the port."""
-    port = 29600
+    port = 29700
     d = str(tmp_path / "two")
     up = _cli("kafka", "up", "--brokers", "2", "--port", str(port), "--data-dir", d)
     assert up.returncode == 0, up.stderr[-3000:]
     try:
-        assert "cluster of 2 nodes on 127.0.0.1:29600,127.0.0.1:29601" in up.stdout
+        assert "cluster of 2 nodes on 127.0.0.1:29700,127.0.0.1:29701" in up.stdout
         # a node that just started can take a moment to answer for itself on a loaded machine
         deadline = time.monotonic() + 60
         status = _cli("kafka", "status", "--data-dir", d)

@@ -72,3 +72,39 @@ sinks:
     assert view.returncode == 0, view.stderr
     assert "total lag 0" in view.stdout
     assert "committed-not-finalized 0" in view.stdout
+
+
+def test_rerun_over_fully_committed_plain_input_exits(kafka: KafkaEnv, tmp_path: Path) -> None:
+    """Input from a non-transactional producer has no commit marker after its last
+    record: a rerun whose partitions are all committed fetches nothing, so the consumer
+    has no position. `--exit-when-done` must still see it drained (from the committed
+    offset) and exit, adding nothing."""
+    from confluent_kafka import Producer
+
+    name = f"extplain-{uid()}"
+    topic = f"{name}.events"
+    Admin(kafka.bootstrap).create_topic(topic, 2, 1, {})
+    plain = Producer({"bootstrap.servers": kafka.bootstrap})
+    for i in range(200):
+        plain.produce(topic, orjson.dumps({"n": i}), str(i % 5).encode())
+    assert plain.flush(30) == 0
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        f"""pipeline: {name}
+kafka: {{bootstrap_servers: "{kafka.bootstrap}"}}
+sinks:
+  - {{name: files, type: file, input: {topic}, input_format: json, path: out, format: ndjson}}
+"""
+    )
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "app.cli.main", "run", str(spec), "--exit-when-done", "--worker-id", "w1"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=REPO,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [orjson.loads(x) for x in sink_lines(tmp_path / "out")]
+    assert sorted(r["n"] for r in rows) == list(range(200))

@@ -6,7 +6,7 @@ transactions open; the broker is stopped, its ``__transaction_state`` partitions
 deleted (the coordinator forgets every transaction) and it is started again. The data
 partitions keep open transactions no coordinator will ever finish.
 
-These tests run their own broker (own data dir, ports 39392/39393), so restarting it
+These tests run their own broker (own data dir, ports 19392/19393), so restarting it
 never disturbs the session broker other tests share.
 """
 
@@ -38,8 +38,10 @@ from app.kafka.hanging import (
 )
 from app.kafka.local_broker import LocalBroker
 
+pytestmark = pytest.mark.serial  # its own broker, stopped and restarted under timeouts
+
 REPO = Path(__file__).resolve().parents[2]
-PORT = 39392
+PORT = 19392
 
 _OPEN_TXN = """
 import json, os, sys

@@ -192,3 +192,39 @@ def test_lost_commit_acknowledgement_still_dead_letters_the_rejects(
     assert_pg_exactly_once(kafka, pf, postgres.dsn, {f"gen:{i}" for i in range(rows) if i not in bad})
     dlq = read_dlq(kafka, f"{name}.dlq")
     assert len(dlq) == len(bad) and {d["error_class"] for d in dlq} == {"db_rejected"}
+
+
+def test_sink_workers_starting_at_once_all_pass_the_schema_check(postgres: Any) -> None:
+    """Several sink workers create the same tables on a fresh database at the same
+    moment (a scaled-out deployment starting): every one of them passes."""
+    import threading
+
+    import psycopg
+
+    db = f"race_{uid().replace('-', '_')}"
+    with psycopg.connect(postgres.dsn, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {db}")
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{db}"
+    cols = [Column("token_id", "text", "_token_id"), Column("n", "bigint", "n")]
+    writers = [PostgresWriter(f"s{i}", dsn, "made_at_once", cols, ["token_id"], create_table=True) for i in range(6)]
+    for w in writers:
+        w.conn()  # connected before the race, so the DDL itself is what overlaps
+    gate = threading.Barrier(len(writers))
+    errors: list[BaseException] = []
+
+    def start(w: PostgresWriter) -> None:
+        gate.wait()
+        try:
+            w.ensure_schema()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for w in writers:
+        w.close()
+    assert errors == []
+    assert _count(dsn, "made_at_once") == 0 and _count(dsn, "ledgerflow_offsets") == 0

@@ -69,7 +69,7 @@ def test_bad_spec_names_file_line_field(kafka: KafkaEnv, tmp_path: Path) -> None
 
 
 def test_up_twice_is_a_noop_and_down_leaves_no_process(tmp_path: Path) -> None:
-    port = int(os.environ.get("LEDGERFLOW_TEST_KAFKA_PORT2", "39192"))
+    port = int(os.environ.get("LEDGERFLOW_TEST_KAFKA_PORT2", "19192"))
     env = {**os.environ, "LEDGERFLOW_KAFKA_DATA": str(tmp_path / "k"), "LEDGERFLOW_KAFKA_PORT": str(port)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -159,3 +159,40 @@ def test_kafka_secrets_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         SpecError, match=re.escape("kafka.secrets.sasl.password: Value error, a secret reference needs exactly one")
     ):
         load_pipeline(bad)
+
+
+def test_part_idle_default_depends_on_the_sink_type() -> None:
+    """Lake sinks wait 1 s of idle input before cutting a part (each part is an object or
+    a snapshot); files and PostgreSQL cut at the first empty poll. An explicit
+    ``part.idle_ms`` wins, and a ``part:`` block without it keeps the type's default."""
+    from app.config.pipeline import PipelineSpec
+
+    def sink(**kw: object) -> dict[str, object]:
+        return {"name": f"s{len(kw)}{kw.get('type')}", "input": "t", **kw}
+
+    spec = PipelineSpec.model_validate(
+        {
+            "pipeline": "p",
+            "sinks": [
+                sink(type="file", path="/tmp/x"),
+                sink(type="s3", bucket="lake", part={"max_rows": 10}),
+                sink(type="s3", bucket="lake", part={"idle_ms": 0}, prefix="p"),
+                sink(type="iceberg", warehouse="/tmp/w", table="a.b"),
+            ],
+        }
+    )
+    assert [s.idle_ms for s in spec.sinks] == [0, 1000, 0, 1000]
+
+
+def test_standby_replicas_needs_a_state_store_and_is_zero_or_one(tmp_path: Path) -> None:
+    def spec(extra: str, stateful: str = "    stateful: {dedupe: {}}\n") -> Path:
+        f = tmp_path / "p.yaml"
+        f.write_text(f"pipeline: sb\ntransforms:\n  - name: t\n    input: sb.in\n    output: sb.out\n{extra}{stateful}")
+        return f
+
+    assert load_pipeline(spec("    standby_replicas: 1\n")).transforms[0].standby_replicas == 1
+    assert load_pipeline(spec("")).transforms[0].standby_replicas == 0
+    with pytest.raises(SpecError, match="standby_replicas needs a state store"):
+        load_pipeline(spec("    standby_replicas: 1\n", stateful=""))
+    with pytest.raises(SpecError, match="standby_replicas"):
+        load_pipeline(spec("    standby_replicas: 2\n"))

@@ -757,10 +757,10 @@ def test_recover_parts_reconciles_a_lagging_kafka_offset_in_one_transaction(rig:
     r: Rig = rig("pg")
     calls: list[tuple[str, int, int, int, Mapping[int, str]]] = []
 
-    def reconcile_dlq(topic: str, partition: int, start: int, end: int, rejects: Mapping[int, str]) -> list[bytes]:
-        calls.append((topic, partition, start, end, rejects))
-        r.ev.append(f"read {topic}/{partition} {start}..{end}")
-        return [f"dlq-of {off}".encode() for off in sorted(rejects)]
+    def reconcile_dlq(rc: Reconcile) -> list[bytes]:
+        calls.append((rc.topic, rc.partition, rc.start, rc.end, rc.rejects))
+        r.ev.append(f"read {rc.topic}/{rc.partition} {rc.start}..{rc.end}")
+        return [f"dlq-of {off}".encode() for off in sorted(rc.rejects)]
 
     plan = RecoveryPlan(reconcile=[Reconcile("t", 0, 10, 20, {12: "bad", 15: "worse"})], seek={("t", 0): 20})
     r.seam.recover_parts(plan, reconcile_dlq)

@@ -1,0 +1,1 @@
+"""The lake: a local S3 store (SeaweedFS) for the demo and the tests."""
