@@ -29,6 +29,7 @@ from confluent_kafka import (
 
 from app.kafka.errors import (
     ACCESS_CODES,
+    COORDINATOR_CODES,
     FENCED_CODES,
     AbortableKafkaError,
     AccessDenied,
@@ -427,15 +428,31 @@ class BatchConsumer:
     def assignment(self) -> list[TP]:
         return [(tp.topic, tp.partition) for tp in self._c.assignment()]
 
-    def committed(self, partitions: Sequence[TP], timeout: float = 30.0) -> dict[TP, int | None]:
+    def committed(
+        self, partitions: Sequence[TP], timeout: float = 30.0, within_s: float = 90.0
+    ) -> dict[TP, int | None]:
         """Committed next-offset per partition (None when the group has none). Waits for
-        pending transactional offset commits to resolve (read_committed)."""
+        pending transactional offset commits to resolve (read_committed).
+
+        While the group coordinator moves (``COORDINATOR_CODES``: a broker bounced or
+        was paused past its session) the read is asked again for up to ``within_s``
+        seconds; only then does the error reach the caller."""
         if not partitions:
             return {}
-        try:
-            tps = self._c.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout)
-        except KafkaException as exc:
-            raise classify("committed", exc) from exc
+        query = [TopicPartition(t, p) for t, p in partitions]
+        deadline = time.monotonic() + within_s
+        pause = 0.2
+        while True:
+            try:
+                tps = self._c.committed(query, timeout=timeout)
+                break
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None or err.code() not in COORDINATOR_CODES or time.monotonic() + pause > deadline:
+                    raise classify("committed", exc) from exc
+                log.warning("committed offsets: %s; asking again in %.1fs", err.str(), pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
         return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in tps}
 
     def seek(self, topic: str, partition: int, offset: int | None) -> None:
