@@ -19,7 +19,7 @@ from app.config.yamlsrc import load_model
 
 _NAME = r"^[a-zA-Z0-9_-]+$"
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-STEP_KINDS = ("filter", "map", "flat_map", "project", "route", "cast", "interval_join")
+STEP_KINDS = ("filter", "map", "map_batch", "flat_map", "project", "route", "cast", "interval_join")
 
 
 class _Model(BaseModel):
@@ -173,6 +173,14 @@ class MapStep(_Model):
     function: str
 
 
+class MapBatchStep(_Model):
+    """``module:function`` over a pyarrow RecordBatch of payloads, row-wise (see
+    app/transforms/batch_fn.py); keeps the transform on the columnar path."""
+
+    kind: Literal["map_batch"] = "map_batch"
+    function: str
+
+
 class FlatMapStep(_Model):
     kind: Literal["flat_map"] = "flat_map"
     function: str
@@ -229,7 +237,7 @@ class IntervalJoinStep(_Model):
 
 
 Step = Annotated[
-    FilterStep | MapStep | FlatMapStep | ProjectStep | RouteStep | CastStep | IntervalJoinStep,
+    FilterStep | MapStep | MapBatchStep | FlatMapStep | ProjectStep | RouteStep | CastStep | IntervalJoinStep,
     Field(discriminator="kind"),
 ]
 
@@ -239,7 +247,7 @@ def _step_from_yaml(item: Any, index: int) -> Any:
         keys = list(item) if isinstance(item, dict) else type(item).__name__
         raise ValueError(f"step {index} must be a mapping with exactly one of {', '.join(STEP_KINDS)}; got {keys}")
     kind, args = next(iter(item.items()))
-    if kind in ("map", "flat_map"):
+    if kind in ("map", "map_batch", "flat_map"):
         if not isinstance(args, str) or not _CALLABLE.match(args):
             raise ValueError(f"step {index}: {kind} needs 'module:function', got {args!r}")
         return {"kind": kind, "function": args}

@@ -75,6 +75,7 @@ from app.transforms.chain import (
     filter_step,
     flat_map_step,
     load_callable,
+    map_batch_step,
     map_step,
     project_step,
     route_step,
@@ -162,6 +163,8 @@ def _steps(transform: Any) -> list[StepFn]:
             out.append(filter_step(step.field, step.op, step.value))
         elif kind == "map":
             out.append(map_step(load_callable(step.function)))
+        elif kind == "map_batch":
+            out.append(map_batch_step(load_callable(step.function), step.function))
         elif kind == "flat_map":
             out.append(flat_map_step(load_callable(step.function)))
         elif kind == "project":

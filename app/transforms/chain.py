@@ -7,7 +7,8 @@ pairs. Guarantees:
   same ids. A step that keeps a row 1:1 keeps its token id; ``flat_map`` gives
   the i-th child the id ``<parent>/<i>`` (so a re-run after a crash re-creates
   identical ids and sinks stay idempotent).
-* User callables receive and return *payload* dicts (``module:function``); they
+* User callables receive and return *payload* dicts (``module:function``), or for
+  ``map_batch`` Arrow RecordBatches of payloads (``app.transforms.batch_fn``); they
   are imported by dotted path only — a pipeline file cannot carry code.
 * An exception inside any step propagates to the runner, which sends that one row
   to the DLQ with the error and carries on with the batch.
@@ -89,6 +90,17 @@ def map_step(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> StepFn:
                 raise TypeError(f"map function returned {type(result).__name__}, expected dict")
             out.append((topic, _with_payload(tok, result)))
         return out
+
+    return run
+
+
+def map_batch_step(fn: Callable[[Any], Any], name: str) -> StepFn:
+    """The row path of a ``map_batch`` step: each row is a one-row batch of its own
+    (``app.transforms.batch_fn``); pyarrow is imported only when a pipeline uses one."""
+    from app.transforms.batch_fn import apply_batch_fn
+
+    def run(items: list[Item]) -> list[Item]:
+        return [(topic, _with_payload(tok, apply_batch_fn(fn, [tok["payload"]], name)[0])) for topic, tok in items]
 
     return run
 

@@ -1,7 +1,8 @@
 """The columnar path and the row path give the same bytes on the real broker.
 
 One plain-JSON input topic (3 partitions, bad records in some batches) runs through two
-pipelines that differ only in ``columnar: false``: filter, cast, route and project, a
+pipelines that differ only in ``columnar: false``: filter, a ``map_batch`` user
+function, cast, route and project, a
 file sink on one of the routed topics. The output topics hold the same records
 (partition, key and value bytes, envelope included), the files the same rows, the DLQ
 the same refusals, and both groups committed every input offset. The columnar run's
@@ -29,9 +30,10 @@ ROWS = 6000
 BAD = {1000: b"{not json", 2500: None, 4000: orjson.dumps({"id": -1, "quantity": 2.5, "amount": 5, "country": "DE"})}
 STEPS = """    steps:
       - filter: {field: amount, op: ge, value: 0}
+      - map_batch: "app.transforms.examples:add_amount_eur_batch"
       - cast: {quantity: int, id: string}
       - route: {field: country, routes: {DE: OUT_DE}, default: OUT_REST}
-      - project: {fields: [id, customer, country, amount, quantity, note], rename: {note: remark}}
+      - project: {fields: [id, customer, country, amount, amount_eur, quantity, note], rename: {note: remark}}
 """
 
 
@@ -103,4 +105,4 @@ def test_row_and_columnar_paths_write_the_same_bytes(kafka: KafkaEnv, tmp_path: 
     assert files_col == files_rows and len(files_rows) == len(rest_rows)
     assert [d[0] for d in dlq_rows] == sorted(["json_decode", "tombstone", "transform_error"])
     assert dlq_col == dlq_rows
-    assert orjson.loads(files_rows[0]).keys() >= {"remark", "quantity", "_token_id"}
+    assert orjson.loads(files_rows[0]).keys() >= {"remark", "quantity", "amount_eur", "_token_id"}

@@ -16,6 +16,7 @@ from app.config.pipeline import Transform
 from app.kafka.clients import InRecord
 from app.runtime.supervisor import _decoder, _steps
 from app.sources.generator import GeneratorSource
+from app.transforms.batch_fn import BatchFnError
 from app.transforms.chain import compile_chain
 from app.transforms.columnar import compile_columnar
 
@@ -139,3 +140,70 @@ def test_not_declarative_or_not_token_output_is_not_compiled() -> None:
     assert compile_columnar(tr.name, tr.steps, tr.output, "json", ["t.0:map"]) is None
     tr = _transform([{"filter": {"field": "a", "op": "exists"}}], "raw")
     assert compile_columnar(tr.name, tr.steps, tr.output, "raw", ["t.0:filter"]) is None
+
+
+def amount_inverse(batch: Any) -> Any:
+    """A ``map_batch`` function that fails on a row with amount 0 (integer division)."""
+    import pyarrow.compute as pc
+
+    return batch.append_column("inv", pc.divide(1000000, batch.column("amount")))
+
+
+def drop_a_row(batch: Any) -> Any:
+    """Breaks the contract: one row fewer than it was given."""
+    return batch.slice(0, max(0, batch.num_rows - 1))
+
+
+MAP_BATCH = "app.transforms.examples:add_amount_eur_batch"
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [{"map_batch": MAP_BATCH}],
+        [
+            {"filter": {"field": "amount", "op": "ge", "value": 20000}},
+            {"map_batch": MAP_BATCH},
+            {"cast": {"id": "string"}},
+        ],
+    ],
+    ids=["alone", "between-declarative-steps"],
+)
+def test_map_batch_gives_the_row_path_bytes(steps: list[Any]) -> None:
+    tr = _transform(steps)
+    payloads = _generated(3000)
+    for i, p in enumerate(payloads):  # some rows without a field others have
+        if i % 5 == 0:
+            p.pop("note", None)
+    recs = _json_recs(payloads)
+    want, dropped, refused = _row_path(tr, recs)
+    got = _columnar(tr, recs)
+    assert got is not None and refused == 0
+    assert got.outputs == want and got.dropped == dropped
+    out = [CODEC.decode(v) for v in got.outputs["out"][0]]
+    assert out and all(abs(t["payload"]["amount_eur"] - t["payload"]["amount"] * 0.0092) <= 0.0051 for t in out)
+    for t in out:  # a row without "note" stays without it (not note: null)
+        i = int(t["token_id"].rsplit("/", 1)[1]) - 100
+        assert ("note" in t["payload"]) == ("note" in payloads[i])
+    assert any("note" not in t["payload"] for t in out)
+
+
+def test_a_map_batch_that_fails_on_one_row_hands_the_batch_to_the_row_path() -> None:
+    tr = _transform([{"map_batch": "tests.unit.test_columnar:amount_inverse"}])
+    recs = _json_recs([{"amount": 5}, {"amount": 0}, {"amount": 8}], [b"k"] * 3)
+    assert _columnar(tr, recs) is None
+    want, _, refused = _row_path(tr, recs)
+    assert refused == 1  # the row with amount 0 is dead-lettered, the others pass
+    chain = compile_chain(tr.name, _steps(tr), tr.output, ["t.0:map_batch"])
+    with pytest.raises(BatchFnError, match=r"map_batch tests.unit.test_columnar:amount_inverse failed: ArrowInvalid"):
+        chain(_decoder("json", None)(recs[1]))
+    assert [CODEC.decode(v)["payload"]["inv"] for v in want["out"][0]] == [200000.0, 125000.0]
+
+
+def test_a_map_batch_returning_another_row_count_is_refused_by_name() -> None:
+    tr = _transform([{"map_batch": "tests.unit.test_columnar:drop_a_row"}])
+    recs = _json_recs([{"a": 1}, {"a": 2}], [b"k"] * 2)
+    assert _columnar(tr, recs) is None
+    chain = compile_chain(tr.name, _steps(tr), tr.output, ["t.0:map_batch"])
+    with pytest.raises(BatchFnError, match=r"map_batch tests.unit.test_columnar:drop_a_row returned 0 rows for 1"):
+        chain(_decoder("json", None)(recs[0]))
