@@ -20,6 +20,7 @@ from app.config.yamlsrc import load_model
 _NAME = r"^[a-zA-Z0-9_-]+$"
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 STEP_KINDS = ("filter", "map", "map_batch", "flat_map", "project", "route", "cast", "interval_join")
+COLUMNAR_STEP_KINDS = frozenset({"filter", "project", "route", "cast", "map_batch"})  # app/transforms/columnar.py
 
 
 class _Model(BaseModel):

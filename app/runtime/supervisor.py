@@ -23,13 +23,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.codecs.decoders import Decoder, external_decoder, token_decoder
 from app.codecs.external import make_external_decoder
 from app.codecs.registry import RegistryEncoder, SchemaCache, registry_payload_decoder
 from app.codecs.tokens import TokenCodec
 from app.config.pipeline import (
+    COLUMNAR_STEP_KINDS,
     REGISTRY_FORMATS,
     AggregateOp,
     DedupeOp,
@@ -60,8 +61,6 @@ from app.runtime.transform_runner import TransformRunner
 from app.security.preflight import secured, wait_for_access
 from app.sinks.base import Sink, SinkUnavailable
 from app.sinks.files import FileSink
-from app.sinks.pg_sink import PostgresSink as PgSink
-from app.sinks.postgres import Column, PostgresWriter
 from app.sinks.s3 import build_s3_sink
 from app.sources.base import Source
 from app.sources.file_tail import FileTailSource
@@ -80,10 +79,12 @@ from app.transforms.chain import (
     project_step,
     route_step,
 )
-from app.transforms.columnar import compile_columnar
 from app.transforms.join_setup import interval_join, lookup_join
 from app.transforms.sessions import SessionAggregate
 from app.transforms.stateful import Aggregate, Dedupe, StatefulOp, UserStateful
+
+if TYPE_CHECKING:
+    from app.transforms.columnar import ColumnarChain
 
 log = logging.getLogger("ledgerflow.run")
 
@@ -176,6 +177,23 @@ def _steps(transform: Any) -> list[StepFn]:
         else:  # pragma: no cover - the spec model admits no other kinds
             raise ValueError(f"transform {transform.name}: unknown step kind {kind!r}")
     return out
+
+
+def _columnar(tr: Transform, labels: list[str]) -> ColumnarChain | None:
+    """The transform's columnar chain, if it can have one. pyarrow is imported only
+    then: a stage without a columnar transform or a lake sink never loads it."""
+    if not (
+        tr.columnar
+        and not tr.has_state
+        and tr.output_format == "token"
+        and tr.input_format in ("token", "json")
+        and tr.steps
+        and all(st.kind in COLUMNAR_STEP_KINDS for st in tr.steps)
+    ):
+        return None
+    from app.transforms.columnar import compile_columnar
+
+    return compile_columnar(tr.name, tr.steps, tr.output, tr.input_format, labels)
 
 
 def _stateful_op(tr: Transform) -> StatefulOp:
@@ -353,11 +371,7 @@ class Supervisor:
             for tr in spec.transforms:
                 labels = [f"{tr.name}.{i}:{st.kind}" for i, st in enumerate(tr.steps) if st.kind != "interval_join"]
                 chain = compile_chain(tr.name, _steps(tr), tr.output, labels)
-                columnar = (
-                    compile_columnar(tr.name, tr.steps, tr.output, tr.input_format, labels)
-                    if tr.columnar and not tr.has_state and tr.output_format == "token"
-                    else None
-                )
+                columnar = _columnar(tr, labels)
                 state: StateManager | None = None
                 right: tuple[str, Decoder] | None = None
                 if tr.has_state:
@@ -404,6 +418,9 @@ class Supervisor:
                 limits = PartLimits(sk.part.max_rows, sk.part.max_bytes, sk.part.max_age_ms / 1000, sk.idle_ms / 1000)
                 sink: Sink
                 if isinstance(sk, PostgresSink):
+                    from app.sinks.pg_sink import PostgresSink as PgSink  # psycopg only where used
+                    from app.sinks.postgres import Column, PostgresWriter
+
                     db = PostgresWriter(
                         sk.name,
                         sk.resolved_dsn(),

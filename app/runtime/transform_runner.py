@@ -24,7 +24,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.codecs.decoders import Decoder
 from app.codecs.registry import RegistryEncoder
@@ -36,7 +36,9 @@ from app.runtime.consuming import ConsumingRunner
 from app.runtime.stage import StageContext
 from app.state.manager import StateManager
 from app.transforms.chain import CompiledChain
-from app.transforms.columnar import ColumnarChain
+
+if TYPE_CHECKING:  # pyarrow is loaded only by a transform that has a columnar chain
+    from app.transforms.columnar import ColumnarChain
 
 log = logging.getLogger("ledgerflow.transform")
 
