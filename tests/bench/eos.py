@@ -7,7 +7,8 @@ Contenders (all on the one local broker, one after the other):
   while ConsumerPerformance reads the rows read_committed): every rate is also given
   as a fraction of it;
 * ledgerflow with the map (``tests.bench.fns:add_x``) at 100 ms (its default) and 1 s
-  commits; ledgerflow with declarative steps on the columnar path and, for comparison,
+  commits, and with the same map as a ``map_batch`` function (``add_x_batch``, the
+  columnar path); ledgerflow with declarative steps on the columnar path and, for comparison,
   the same steps forced onto the row path (``columnar: false``);
 * Kafka Streams ``exactly_once_v2`` and ``at_least_once``, 100 ms commits;
 * a Python raw EOS passthrough (bytes in, bytes out, a transaction per 100 ms) and the
@@ -94,10 +95,12 @@ def _ledgerflow(ctx: Ctx, steps: str, interval_ms: int, extra: str = "") -> tupl
 def contenders(ctx: Ctx, lf_rate: Callable[[], float]) -> list[Contender]:
     b = ctx.bootstrap
     mapped = '    steps:\n      - map: "tests.bench.fns:add_x"\n'
+    batched = '    steps:\n      - map_batch: "tests.bench.fns:add_x_batch"\n'
     out: list[Contender] = []
     for label, steps, ms, extra, note in (
         ("ledgerflow", mapped, 100, "", "map (Python function)"),
         ("ledgerflow, 1 s commits", mapped, 1000, "", "map (Python function)"),
+        ("ledgerflow map_batch (columnar)", batched, 100, "", "the same map as map_batch (Arrow), columnar path"),
         ("ledgerflow declarative steps (columnar)", DECLARATIVE, 100, "", "filter + cast, columnar path"),
         ("ledgerflow declarative steps (row path)", DECLARATIVE, 100, "    columnar: false\n", "filter + cast"),
     ):
