@@ -70,6 +70,7 @@ class TransformRunner(ConsumingRunner):
             state.on_restore = lambda p, n, rem: hooks.on_restore("transform", name, p, n, rem)
         self.pending: dict[TP, list[InRecord]] = {}
         self._idle_since: float | None = None
+        self._next_cut: float | None = None  # when the next batch closes (see _cut_at)
         # an interval join's right topic and its decoder; its reader and the partitions it reads
         self.right_topic: str | None = right[0] if right is not None else None
         self.right_decode: Decoder | None = right[1] if right is not None else None
@@ -180,14 +181,25 @@ class TransformRunner(ConsumingRunner):
         self.progress.lag = (self.progress.lag or 0) + sum(max(0, ends[tp] - (pos.get(tp) or 0)) for tp in tps)
         return all(ends[tp] - (pos.get(tp) or 0) <= 1 for tp in tps)
 
+    def _cut_at(self) -> float:
+        """When this batch closes: one commit interval after the previous cut, so the
+        interval is the commit cadence and the time spent transforming and committing a
+        batch is not added to the next one's wait (a row waits at most one interval plus
+        one commit). After an idle spell or a batch that took longer than an interval,
+        the cadence restarts from now."""
+        now = time.monotonic()
+        cut = self._next_cut
+        if cut is None or cut < now - self.ctx.interval_s:
+            cut = now + self.ctx.interval_s
+        self._next_cut = max(cut, now) + self.ctx.interval_s
+        return cut
+
     def step(self) -> bool:
         ctx = self.ctx
-        deadline = time.monotonic() + ctx.interval_s
+        deadline = self._cut_at()
         count = 0
         while count < ctx.max_rows:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
+            left = max(0.0, deadline - time.monotonic())
             if self._right_parts:  # an interval join: its right side too, half the wait each
                 recs = self.consumer.consume(min(ctx.max_rows - count, 10_000), min(left, 0.05))
                 room = min(ctx.max_rows - count - len(recs), 10_000)
@@ -198,6 +210,8 @@ class TransformRunner(ConsumingRunner):
             for rec in recs:
                 self.pending.setdefault((rec.topic, rec.partition), []).append(rec)
             count += len(recs)
+            if left <= 0 and not recs:  # past the cut: take what is already fetched, then close
+                break
         if count:
             self.saw_rows()
         self.report_lag()
