@@ -182,17 +182,16 @@ class TransformRunner(ConsumingRunner):
         return all(ends[tp] - (pos.get(tp) or 0) <= 1 for tp in tps)
 
     def _cut_at(self) -> float:
-        """When this batch closes: one commit interval after the previous cut, so the
-        interval is the commit cadence and the time spent transforming and committing a
-        batch is not added to the next one's wait (a row waits at most one interval plus
-        one commit). After an idle spell or a batch that took longer than an interval,
-        the cadence restarts from now."""
+        """When this batch closes: one commit interval after the previous batch closed,
+        so the interval is the commit cadence and the time spent transforming and
+        committing a batch is not added to the next one's wait (a row waits at most one
+        interval plus one commit). A batch due already (the last one took longer than an
+        interval) takes what is fetched and closes at once."""
         now = time.monotonic()
         cut = self._next_cut
-        if cut is None or cut < now - self.ctx.interval_s:
-            cut = now + self.ctx.interval_s
-        self._next_cut = max(cut, now) + self.ctx.interval_s
-        return cut
+        if cut is None:
+            return now + self.ctx.interval_s
+        return max(cut, now)
 
     def step(self) -> bool:
         ctx = self.ctx
@@ -212,6 +211,9 @@ class TransformRunner(ConsumingRunner):
             count += len(recs)
             if left <= 0 and not recs:  # past the cut: take what is already fetched, then close
                 break
+        # the next batch closes one interval after this one (earlier than planned when
+        # max_rows closed it)
+        self._next_cut = min(deadline, time.monotonic()) + ctx.interval_s
         if count:
             self.saw_rows()
         self.report_lag()

@@ -35,6 +35,7 @@ def test_harness_smoke(kafka: KafkaEnv, monkeypatch: pytest.MonkeyPatch) -> None
         ("eos transform", "raw confluent-kafka loop"),
         ("eos transform", "Kafka TransactionalMessageCopier (Java)"),
         ("eos transform", "ledgerflow declarative steps (columnar)"),
+        ("eos transform", "ledgerflow map_batch (columnar)"),
         ("eos transform", "Python raw EOS passthrough"),
         ("file sink", "ledgerflow file sink (Parquet)"),
         ("file sink", "raw consume + pyarrow write"),
