@@ -8,7 +8,6 @@ defaults, so SASL/SSL and tuning pass straight through.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
@@ -76,7 +75,7 @@ class AccessWatch:
         self.fenced_seen = False  # librdkafka reported its fatal error as fencing (callback or log)
 
     def on_error(self, err: KafkaError) -> None:
-        if err.fatal() and err.code() in FENCED_CODES:
+        if err.fatal() and (err.code() in FENCED_CODES or _FENCED_FATAL in err.str()):
             self.fenced_seen = True
         if err.code() in ACCESS_CODES:
             self.refused = err
@@ -124,6 +123,8 @@ class AccessWatch:
         """As ``classify``; a call that failed only with librdkafka's generic fatal error
         (a ``produce`` after the producer was fenced) is the fencing it reported."""
         error = classify(operation, exc, self.identity())
+        if isinstance(error, FatalKafkaError) and error.fenced:
+            self.fenced_seen = True  # a later generic fatal error is this fencing
         if isinstance(error, FatalKafkaError) and not error.fenced and error.name == "_FATAL" and self.fenced_seen:
             reason = f"{error.reason} (fenced by a newer instance)"
             return FatalKafkaError(operation, error.code, error.name, reason, fenced=True)
@@ -185,13 +186,25 @@ class TxnProducer:
         try:
             return fn(*args)
         except KafkaException as exc:
-            self._serve_errors()  # a refusal explains a timeout
-            raise self.access.classify(op, exc) from exc
+            raise self._failed(op, exc) from exc
+
+    def _failed(self, op: str, exc: KafkaException) -> LedgerKafkaError:
+        """``exc`` classified after the pending error callbacks ran: a refusal explains a
+        timeout, and a call that failed with librdkafka's generic fatal error is named
+        by the fatal error's own cause (fencing), which its callback reports."""
+        self._serve_errors()
+        return self.access.classify(op, exc)
 
     def _serve_errors(self) -> None:
-        """Run pending error callbacks; a producer already failed may raise its error again here."""
-        with contextlib.suppress(KafkaException):
+        """Run pending error and log callbacks. A producer that failed fatally raises the
+        fatal error's own cause here (``_FENCED`` behind a generic ``_FATAL``): it is
+        taken as the error callback would take it."""
+        try:
             self._p.poll(0)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError):
+                self.access.on_error(err)
 
     def init(self, timeout: float = 60.0) -> None:
         """Register the transactional.id: fences older instances and aborts their open transaction."""
@@ -218,7 +231,7 @@ class TxnProducer:
             except BufferError:
                 self._p.poll(0.05)
             except KafkaException as exc:
-                raise self.access.classify("produce", exc) from exc
+                raise self._failed("produce", exc) from exc
 
     def produce_batch(
         self,
@@ -263,7 +276,7 @@ class TxnProducer:
                     except BufferError:
                         self._p.poll(0.05)
         except KafkaException as exc:
-            raise self.access.classify("produce", exc) from exc
+            raise self._failed("produce", exc) from exc
         self._p.poll(0)
 
     def serve_callbacks(self) -> None:
@@ -303,7 +316,7 @@ class TxnProducer:
             self._serve_errors()  # a refused connection explains the silence
             raise self.access.explain("send_offsets_to_transaction", stuck)
         if failure:
-            raise self.access.classify("send_offsets_to_transaction", failure[0]) from failure[0]
+            raise self._failed("send_offsets_to_transaction", failure[0]) from failure[0]
 
     def commit(self, timeout: float = 10.0) -> None:
         """Commit the open transaction. The seam retries a timeout a few times, then treats
@@ -314,7 +327,10 @@ class TxnProducer:
         self._call("abort_transaction", self._p.abort_transaction, timeout)
 
     def flush(self, timeout: float = 30.0) -> int:
-        return int(self._p.flush(timeout))
+        try:
+            return int(self._p.flush(timeout))
+        except KafkaException as exc:
+            raise self._failed("flush", exc) from exc
 
     def close(self) -> None:
         """Drop a producer that is no longer used (healing): queued records are purged,

@@ -38,14 +38,13 @@ ACCESS_CODES = {*AUTHORIZATION_CODES, *AUTHENTICATION_CODES}
 # The group coordinator is moving or not reachable yet (a broker bounced, paused or
 # lost leadership of the offsets partition): a read of committed offsets can be asked
 # again once the client has found the new coordinator.
+# A timeout is not one of them: a stable read times out while a transaction holding
+# offsets of the group stays open, and the caller must see that.
 COORDINATOR_CODES = {
     KafkaError.NOT_COORDINATOR,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError._WAIT_COORD,
-    KafkaError._TIMED_OUT,
-    KafkaError.REQUEST_TIMED_OUT,
-    KafkaError._TRANSPORT,
 }
 
 

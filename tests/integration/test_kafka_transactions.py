@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -60,6 +61,33 @@ def test_same_transactional_id_fences_the_first(kafka: KafkaEnv, unique: Callabl
         first.commit()
     assert info.value.fenced
     assert [r.value for r in read_topic_to_end(kafka.bootstrap, topic)] == [b"owner"]
+
+
+def test_a_produce_after_fencing_is_named_fenced(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
+    """A fenced producer's later ``produce`` fails with librdkafka's generic ``_FATAL``;
+    the producer names it fenced at once, from the fatal error's own cause (no log line
+    needs to have arrived first)."""
+    topic = _topic(kafka, unique("fence-produce"))
+    txn_id = unique("tx-fp")
+    first = TxnProducer(kafka.bootstrap, txn_id)
+    first.init()
+    first.begin()
+    # librdkafka logs the fencing from its own thread; under load that line can come after
+    # the failed produce. Keep it from the watch, so only the fatal error's cause can tell.
+    first.access.log = lambda *args: None  # type: ignore[method-assign]
+    TxnProducer(kafka.bootstrap, txn_id).init()  # a newer instance takes the id over
+    error = None
+    for _ in range(100):  # the producer learns of the takeover when it adds the partition
+        try:
+            first.produce(topic, b"zombie")  # no flush, no poll: as the seam's produce loop
+        except FatalKafkaError as exc:
+            error = exc
+            break
+        time.sleep(0.05)
+    assert error is not None, "the fenced producer kept producing"
+    assert error.name == "_FATAL", str(error)  # librdkafka's generic error, nothing else said
+    assert error.fenced, str(error)
+    assert "fenced by a newer instance" in str(error)
 
 
 def test_open_transaction_is_invisible_until_commit(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
