@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.journal.events import JournalEvent, PartInfo
+from app.journal.view import pending_parts
 from app.tokens import Token
 
 TP = tuple[str, int]
@@ -137,6 +138,32 @@ class RecoveryPlan:
 
 
 JournalView = Callable[[], Mapping[str, JournalEvent]]
+
+
+def two_phase_plan(
+    sink: str, partitions: Sequence[TP], journal: JournalView, leftovers: Callable[[str, int], list[str]]
+) -> RecoveryPlan:
+    """Recovery of a two-phase sink: finalize every committed, unfinalized part of
+    ``partitions`` (from the journal) and discard every staging location of theirs
+    (``leftovers(topic, partition)``) that no such part names."""
+    pending = [ev.part for ev in pending_parts(journal(), sink, set(partitions)) if ev.part is not None]
+    keep = {info.staging_path for info in pending}
+    discard = [loc for t, p in partitions for loc in leftovers(t, p) if loc not in keep]
+    return RecoveryPlan(finalize=pending, discard=discard, discard_topic=partitions[0][0] if partitions else "")
+
+
+class StoreCommitted:
+    """The parts of ``Sink`` that do nothing for a sink whose own store commit is the
+    commit point (PostgreSQL, Iceberg): nothing to finalize, discard or un-stage."""
+
+    def finalize(self, info: PartInfo) -> bool:
+        return False
+
+    def discard(self, prepared: Prepared) -> None:
+        """Nothing: an uncommitted store transaction left nothing visible."""
+
+    def remove_staging(self, location: str) -> None:
+        """Nothing is staged."""
 
 
 class Sink(Protocol):

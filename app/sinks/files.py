@@ -55,8 +55,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.journal.events import JournalEvent, PartInfo
-from app.journal.view import pending_parts
-from app.sinks.base import TP, Outcome, PartConflictError, PartMissingError, PartRows, Prepared, RecoveryPlan
+from app.sinks.base import (
+    TP,
+    Outcome,
+    PartConflictError,
+    PartMissingError,
+    PartRows,
+    Prepared,
+    RecoveryPlan,
+    two_phase_plan,
+)
 from app.sinks.encode import DEFAULT_MAX_ROW_BYTES, ENVELOPE, Encoded, encode
 
 __all__ = ["DEFAULT_MAX_ROW_BYTES", "ENVELOPE", "FileSink", "PartConflictError", "PartMissingError"]
@@ -227,10 +235,7 @@ class FileSink:
     ) -> RecoveryPlan:
         """Finalize every committed, unfinalized part of ``partitions``; discard every
         staging file of theirs that no committed part names."""
-        pending = [ev.part for ev in pending_parts(journal(), self.name, set(partitions)) if ev.part is not None]
-        keep = {info.staging_path for info in pending}
-        discard = [path for t, p in partitions for path in self.leftover_staging(t, p) if path not in keep]
-        return RecoveryPlan(finalize=pending, discard=discard, discard_topic=partitions[0][0] if partitions else "")
+        return two_phase_plan(self.name, partitions, journal, self.leftover_staging)
 
     def forget(self, partitions: Sequence[TP]) -> None:
         """Nothing is kept per partition between batches."""

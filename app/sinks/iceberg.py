@@ -64,6 +64,7 @@ from app.sinks.base import (
     Reject,
     SinkFenced,
     SinkUnavailable,
+    StoreCommitted,
 )
 from app.sinks.encode import DEFAULT_MAX_ROW_BYTES, screen
 from app.tokens import Token
@@ -268,7 +269,7 @@ class _Staged:
     part_prop: str
 
 
-class IcebergSink:
+class IcebergSink(StoreCommitted):
     """``Sink`` over one Iceberg table in a SQL catalog; see the module docstring."""
 
     external = True
@@ -497,15 +498,6 @@ class IcebergSink:
                 app.append_data_file(f)
         txn.commit_transaction()
         return int(self.table.current_snapshot().snapshot_id)
-
-    def finalize(self, info: PartInfo) -> bool:
-        return False
-
-    def discard(self, prepared: Prepared) -> None:
-        """Nothing: an uncommitted append left only unreferenced files."""
-
-    def remove_staging(self, location: str) -> None:
-        """Nothing is staged."""
 
     def recover(
         self,

@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from app.journal.events import JournalEvent, PartInfo
-from app.sinks.base import DB_REJECTED, TP, Outcome, PartRows, Prepared, Reconcile, RecoveryPlan, Reject
+from app.sinks.base import DB_REJECTED, TP, Outcome, PartRows, Prepared, Reconcile, RecoveryPlan, Reject, StoreCommitted
 from app.sinks.postgres import PostgresWriter
 from app.tokens import Token
 
 
-class PostgresSink:
+class PostgresSink(StoreCommitted):
     """``Sink`` over one ``PostgresWriter`` (one table)."""
 
     external = True
@@ -67,15 +67,6 @@ class PostgresSink:
         self.expected[tp] = nxt
         rejects = [Reject(offsets[i], DB_REJECTED, err) for i, err in res.rejects]
         return Outcome(replace(info, rows=res.written), rejects)
-
-    def finalize(self, info: PartInfo) -> bool:
-        return False
-
-    def discard(self, prepared: Prepared) -> None:
-        """Nothing: an uncommitted DB transaction rolled back."""
-
-    def remove_staging(self, location: str) -> None:
-        """Nothing is staged."""
 
     def recover(
         self,

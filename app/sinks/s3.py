@@ -46,8 +46,16 @@ from typing import Any
 from app.config.pipeline import S3Sink as S3SinkSpec
 from app.faults import crash_point
 from app.journal.events import JournalEvent, PartInfo
-from app.journal.view import pending_parts
-from app.sinks.base import TP, Outcome, PartConflictError, PartMissingError, PartRows, Prepared, RecoveryPlan
+from app.sinks.base import (
+    TP,
+    Outcome,
+    PartConflictError,
+    PartMissingError,
+    PartRows,
+    Prepared,
+    RecoveryPlan,
+    two_phase_plan,
+)
 from app.sinks.encode import DEFAULT_MAX_ROW_BYTES, Encoded, Format, encode
 from app.sinks.s3client import SinkUnavailable, describe, error_code, make_client
 
@@ -315,10 +323,7 @@ class S3Sink:
     ) -> RecoveryPlan:
         """Finalize committed, unfinalized parts; discard every upload and staging object
         of ``partitions`` that no committed part names."""
-        pending = [ev.part for ev in pending_parts(journal(), self.name, set(partitions)) if ev.part is not None]
-        keep = {info.staging_path for info in pending}
-        discard = [loc for t, p in partitions for loc in self.leftovers(t, p) if loc not in keep]
-        return RecoveryPlan(finalize=pending, discard=discard, discard_topic=partitions[0][0] if partitions else "")
+        return two_phase_plan(self.name, partitions, journal, self.leftovers)
 
     def leftovers(self, topic: str, partition: int) -> list[str]:
         """Pending multipart uploads and staging objects of ``topic``/``partition``, sorted."""
