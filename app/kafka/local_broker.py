@@ -473,15 +473,10 @@ class LocalBroker:
         """SIGKILL the broker (fault injection: a hard broker bounce)."""
         state = self.state()
         if state is not None:
-            os.kill(state.pid, signal.SIGKILL)
-            _wait_gone(state.pid, 30)
+            kill_hard(state.pid)
 
     def tail(self, lines: int = 50) -> str:
-        try:
-            data = self.log_file.read_bytes()[-200_000:]
-        except OSError:
-            return ""
-        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_file, lines)
 
     # -- tools -----------------------------------------------------------------
     def tool_command(self, tool: str, args: Sequence[str], bootstrap: str | None = None) -> list[str]:
@@ -643,6 +638,22 @@ def _terminate(pid: int, timeout: float) -> None:
         except ProcessLookupError:
             return
         _wait_gone(pid, 10)
+
+
+def kill_hard(pid: int) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (fault injection)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid, 30)
+
+
+def log_tail(path: Path, lines: int = 50) -> str:
+    """The last ``lines`` lines of a server's log file ("" if it cannot be read)."""
+    try:
+        data = path.read_bytes()[-200_000:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

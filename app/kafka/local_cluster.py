@@ -58,6 +58,7 @@ from app.kafka.local_broker import (
     _wait_gone,
     describe_holder,
     kafka_version,
+    log_tail,
     port_free,
     resolve_jars,
     server_command,
@@ -554,11 +555,7 @@ class LocalCluster:
         return {n: by_port.get(self.layout.client_port(n), "?") for n in self.layout.nodes}
 
     def tail(self, node: int, lines: int = 50) -> str:
-        try:
-            data = self.log_file(node).read_bytes()[-200_000:]
-        except OSError:
-            return ""
-        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_file(node), lines)
 
     def describe(self) -> dict[str, Any]:
         """Status per node for ``kafka status``: pid, paused, live, proxy mode."""

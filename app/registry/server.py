@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -27,7 +26,16 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.kafka.local_broker import _pid_alive, _require, _terminate, _wait_gone, cache_dir, describe_holder, port_free
+from app.kafka.local_broker import (
+    _pid_alive,
+    _require,
+    _terminate,
+    cache_dir,
+    describe_holder,
+    kill_hard,
+    log_tail,
+    port_free,
+)
 
 DEFAULT_VERSION = "3.0.9"  # 3.0.x runs on Java 17; 3.1+ needs Java 21
 DEFAULT_PORT = 8081
@@ -245,15 +253,10 @@ class RegistryServer:
         """SIGKILL the server (fault injection: a registry crash)."""
         state = self.state()
         if state is not None:
-            os.kill(state.pid, signal.SIGKILL)
-            _wait_gone(state.pid, 30)
+            kill_hard(state.pid)
 
     def tail(self, lines: int = 50) -> str:
-        try:
-            data = self.log_file.read_bytes()[-200_000:]
-        except OSError:
-            return ""
-        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_file, lines)
 
 
 def default_registry(bootstrap: str | None = None) -> RegistryServer:
