@@ -183,14 +183,15 @@ def test_stateful_partitions_move_between_workers(
     kafka: KafkaEnv, tmp_path: Path, reference_counts: dict[str, int]
 ) -> None:
     op = "aggregate"
-    # 20,000 rows at 1,250/s: the source still runs when t2 has joined, so t2 commits
-    # state for the partition it takes over and t1 must restore it when it returns
-    sp = write_stateful(tmp_path, f"st-rebal-{uid()}", kafka, OPS[op], rate=1250)
+    # 20,000 rows at 700/s (about 29 s of input): t2 joins while rows still arrive, commits
+    # state of its own for the partition it takes over, and t1 must restore that when the
+    # partition returns. At 1,250/s a loaded machine could finish the input before t2's
+    # assignment, leaving t2 nothing to commit.
+    sp = write_stateful(tmp_path, f"st-rebal-{uid()}", kafka, OPS[op], rate=700)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         logs = _t2_takes_a_partition(sp, tmp_path, procs)
         assert "restored " in logs["t2"].read_text()  # it took a partition over from t1's changelog
-        assert procs["src"].poll() is None, "the source finished before t2 took part: nothing moved back to t1"
         stop(procs["t2"])  # the partition moves back to t1, whose local store is now behind
         assert procs["src"].wait(timeout=120) == 0
         deadline = time.monotonic() + 120
@@ -199,7 +200,11 @@ def test_stateful_partitions_move_between_workers(
         time.sleep(2)
     finally:
         stop(*procs.values())
-    assert "restored " in logs["t1"].read_text()
+    # t1 applied t2's changelog records when a partition came back (its store was behind);
+    # only records t2 committed can put it behind, so this holds whenever the move happened
+    t1_log = logs["t1"].read_text()
+    applied = [int(n) for n in ACTIVE_RESTORE.findall(t1_log) if n]
+    assert applied and max(applied) > 0, t1_log[-3000:]
     assert assert_results(kafka, sp, op) == reference_counts[op]
 
 
