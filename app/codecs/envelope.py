@@ -101,37 +101,66 @@ def _varint_at(buf: bytes, i: int) -> tuple[int, int]:
             raise EnvelopeError("varint too long")
 
 
-def _bytes_at(buf: bytes, i: int) -> tuple[bytes, int]:
+def _long_at(buf: bytes, i: int) -> tuple[int, int]:
+    """``_varint_at`` with the one- and two-byte values (lengths below 8 KiB) inline."""
     b = buf[i]
-    if b < 0x80 and not b & 1:  # a length < 64: one byte (the common case)
-        end = i + 1 + (b >> 1)
-        if end > len(buf):
-            raise EnvelopeError("truncated string")
-        return buf[i + 1 : end], end
-    ln, i = _varint_at(buf, i)
-    if ln < 0 or i + ln > len(buf):
-        raise EnvelopeError("bad string length")
-    return buf[i : i + ln], i + ln
+    if b < 0x80:
+        return (b >> 1) ^ -(b & 1), i + 1
+    c = buf[i + 1]
+    if c < 0x80:
+        z = (b & 0x7F) | (c << 7)
+        return (z >> 1) ^ -(z & 1), i + 2
+    return _varint_at(buf, i)
+
+
+def _str_at(buf: bytes, i: int, n: int) -> tuple[bytes, int]:
+    """The Avro string or bytes at ``i`` of ``buf`` (``n == len(buf)``); (value, next index)."""
+    b = buf[i]
+    if b < 0x80:  # a length below 64: one byte (the common case)
+        if b & 1:
+            raise EnvelopeError("negative string length")
+        i += 1
+        end = i + (b >> 1)
+    else:
+        ln, i = _long_at(buf, i)
+        if ln < 0:
+            raise EnvelopeError("negative string length")
+        end = i + ln
+    if end > n:
+        raise EnvelopeError("truncated string")
+    return buf[i:end], end
 
 
 def decode_envelope(buf: bytes) -> tuple[str, str | None, bytes, str, str, int | None, list[str]]:
     """(token_id, key, payload bytes, source_id, source_position, event_time_ms, lineage).
 
     Raises ``EnvelopeError``, ``IndexError`` or ``UnicodeDecodeError`` on bad input."""
-    tid, i = _bytes_at(buf, 0)
+    n = len(buf)
+    b = buf[0]
+    if b < 0x40 and not b & 1:  # ids shorter than 32 bytes, inline (the common case)
+        i = 1 + (b >> 1)
+        tid = buf[1:i]
+    else:
+        tid, i = _str_at(buf, 0, n)
     b = buf[i]
     if b == 0:
         key = None
         i += 1
     elif b == 2:
-        kb, i = _bytes_at(buf, i + 1)
+        kb, i = _str_at(buf, i + 1, n)
         key = kb.decode()
     else:
         raise EnvelopeError(f"bad union branch byte {b} for key")
-    payload, i = _bytes_at(buf, i)
-    sid, i = _bytes_at(buf, i)
-    pos, i = _bytes_at(buf, i)
+    payload, i = _str_at(buf, i, n)
+    sid, i = _str_at(buf, i, n)
     b = buf[i]
+    if b < 0x40 and not b & 1:  # a short source position, inline
+        j = i + 1 + (b >> 1)
+        pos = buf[i + 1 : j]
+        i = j
+    else:
+        pos, i = _str_at(buf, i, n)
+    b = buf[i]  # IndexError when a string ran past the end
     if b == 0:
         ts = None
         i += 1
@@ -140,18 +169,21 @@ def decode_envelope(buf: bytes) -> tuple[str, str | None, bytes, str, str, int |
     else:
         raise EnvelopeError(f"bad union branch byte {b} for event_time_ms")
     lineage: list[str] = []
-    while True:
-        count, i = _varint_at(buf, i)
-        if count == 0:
-            break
-        if count < 0:  # a block with a byte-size prefix
-            count = -count
-            _size, i = _varint_at(buf, i)
-        for _ in range(count):
-            step, i = _bytes_at(buf, i)
-            lineage.append(step.decode())
-    if i != len(buf):
-        raise EnvelopeError(f"{len(buf) - i} trailing bytes")
+    if buf[i] == 0:  # an empty lineage (a source's own tokens): the array's terminator only
+        i += 1
+    else:
+        while True:
+            count, i = _long_at(buf, i)
+            if count == 0:
+                break
+            if count < 0:  # a block with a byte-size prefix
+                count = -count
+                _size, i = _long_at(buf, i)
+            for _ in range(count):
+                step, i = _str_at(buf, i, n)
+                lineage.append(step.decode())
+    if i != n:
+        raise EnvelopeError(f"{n - i} trailing bytes")
     return tid.decode(), key, payload, sid.decode(), pos.decode(), ts, lineage
 
 

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.codecs.dlq import decode_dlq, encode_dlq
+from app.codecs.envelope import EnvelopeError, decode_envelope
 from app.codecs.external import make_external_decoder
-from app.codecs.schemas import schema_fingerprint
+from app.codecs.schemas import load_schema, schema_fingerprint
 from app.codecs.tokens import CodecError, TokenCodec, check_fingerprint
 from app.journal.events import JournalEvent, PartInfo, decode_event, encode_event
 from app.sources.base import Checkpoint
@@ -127,3 +128,39 @@ def test_journal_events_are_readable_json_and_round_trip() -> None:
     part = PartInfo("s", "t", 2, 100, 199, 100, 5000, "c" * 64, "/st", "/fi")
     ev2 = JournalEvent("part_committed", "sink/s/t/2/100", "p", "sink", "w", "r", 6, None, part, {"a": "b"})
     assert decode_event(encode_event(ev2)) == ev2
+
+
+_ENVELOPE_SCHEMA = parse_schema(load_schema("row_token.avsc"))
+_texts = st.text(max_size=40) | st.text(min_size=60, max_size=9000)
+
+
+@given(
+    tid=_texts,
+    key=st.none() | _texts,
+    payload=st.binary(max_size=20000),
+    pos=_texts,
+    ts=st.none() | st.integers(-(2**63), 2**63 - 1),
+    lineage=st.lists(st.text(max_size=70), max_size=4),
+)
+def test_envelope_decode_agrees_with_fastavro_and_refuses_every_truncation(
+    tid: str, key: str | None, payload: bytes, pos: str, ts: int | None, lineage: list[str]
+) -> None:
+    """The hand-written envelope decoder reads what fastavro writes (short and long strings,
+    lengths of one, two and three varint bytes, any event time, lineages) and raises on
+    every truncated prefix instead of returning a shorter token."""
+    record = {
+        "token_id": tid,
+        "key": key,
+        "payload": payload,
+        "source_id": "src",
+        "source_position": pos,
+        "event_time_ms": ts,
+        "lineage": lineage,
+    }
+    buf = BytesIO()
+    schemaless_writer(buf, _ENVELOPE_SCHEMA, record)
+    data = buf.getvalue()
+    assert decode_envelope(data) == (tid, key, payload, "src", pos, ts, lineage)
+    for cut in {0, 1, len(data) // 2, len(data) - 1}:
+        with pytest.raises((EnvelopeError, IndexError, UnicodeDecodeError)):
+            decode_envelope(data[:cut])
