@@ -37,6 +37,21 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _struct_columns(payloads: list[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any] | None:
+    """Every payload column of a chunk from one type inference over the rows (a struct of
+    the union of their fields, first-seen order), or None when that inference fails or
+    names other fields: then the caller infers column by column and salvages. Each child
+    is the array ``pa.array`` over that column's values gives (one inference, per field)."""
+    try:
+        struct = pa.array(payloads)
+    except _CONVERT_ERRORS:
+        return None
+    typ = struct.type
+    if not pa.types.is_struct(typ) or [typ.field(i).name for i in range(typ.num_fields)] != list(columns):
+        return None
+    return {c: struct.field(i) for i, c in enumerate(columns)}
+
+
 class ParquetPart:
     """Rows added in order (``add``), then ``finish`` gives the file bytes and the refused rows."""
 
@@ -55,16 +70,19 @@ class ParquetPart:
         for arrays, name, typ in zip(self.envelope, ("token_id", "key", "event_time_ms"), _ENVELOPE_TYPES, strict=True):
             arrays.append(pa.array([t[name] for t in tokens], typ))  # type: ignore[literal-required]
         payloads = [t["payload"] for t in tokens]
+        inferred = _struct_columns(payloads, columns)
         present = set(columns)
         for c, arrays in self.columns.items():
             if c not in present:
                 arrays.append(pa.nulls(n))
-                continue
-            values = [p.get(c) for p in payloads]
-            try:
-                arrays.append(pa.array(values))
-            except _CONVERT_ERRORS:
-                arrays.append(self._salvage(c, values, self.rows, self._established(arrays)))
+            elif inferred is not None:
+                arrays.append(inferred[c])
+            else:
+                values = [p.get(c) for p in payloads]
+                try:
+                    arrays.append(pa.array(values))
+                except _CONVERT_ERRORS:
+                    arrays.append(self._salvage(c, values, self.rows, self._established(arrays)))
         self.rows += n
 
     @staticmethod

@@ -15,12 +15,16 @@ from typing import Any, Literal
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.journal.events import JournalEvent, PartInfo
 from app.journal.keys import part_key
 from app.journal.writer import Correlation, part_event
+from app.sinks import parquet as parquet_module
 from app.sinks.base import UNWRITABLE, Chunk, Prepared, Reject, Sink
 from app.sinks.files import FileSink, PartConflictError, PartMissingError
+from app.sinks.parquet import ParquetPart
 from app.tokens import Token
 
 Fmt = Literal["ndjson", "parquet"]
@@ -555,3 +559,47 @@ def test_a_token_id_repeated_in_a_part_is_written_once(tmp_path: Path, fmt: Fmt,
     assert p.info.checksum == clean.info.checksum  # byte-identical to the part without the repeat
     assert sink.finalize(p.info) is True
     assert _ids(p.info.final_path, fmt) == [t["token_id"] for t in toks]
+
+
+_values = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(2**63, 2**64),  # no Arrow integer type holds these: the row is refused
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.booleans(),
+    st.lists(st.integers(0, 9), max_size=3),
+    st.fixed_dictionaries({"n": st.integers(0, 9)}),
+)
+
+
+@given(
+    chunks=st.lists(
+        st.lists(st.dictionaries(st.sampled_from("abcd"), _values, max_size=4), min_size=1, max_size=12),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_parquet_chunk_inference_in_one_call_writes_what_the_per_column_path_writes(
+    chunks: list[list[dict[str, Any]]],
+) -> None:
+    """A chunk's payload columns come from one struct inference when it succeeds; the file
+    bytes and the refused rows must equal those of the column-by-column path."""
+
+    def build(one_call: bool) -> tuple[bytes, int, dict[int, str]]:
+        part = ParquetPart()
+        base = 0
+        for payloads in chunks:
+            toks = [_tok(base + i, p) for i, p in enumerate(payloads)]
+            base += len(toks)
+            cols = list(dict.fromkeys(k for p in payloads for k in p))
+            if one_call:
+                part.add(toks, cols)
+            else:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(parquet_module, "_struct_columns", lambda _p, _c: None)
+                    part.add(toks, cols)
+        data, rows, bad = part.finish()
+        return data.to_pybytes(), rows, bad
+
+    assert build(True) == build(False)
