@@ -88,12 +88,14 @@ def screen(
     repeated: set[int] = set()
     last: Any = None
     clash: str | None = None
+    cols: dict[str, None] = {}  # payload fields in first-seen order
     add, before = seen.add, len(seen)
     for i, t in enumerate(tokens):
         keys = t["payload"].keys()
         if keys != last:  # the common case: every row has the same fields
             last = keys
             clash = next((k for k in keys if k in ENVELOPE), None)
+            cols.update(dict.fromkeys(keys))
         if clash is not None and i not in bad:
             bad[i] = f"token {t['token_id']!r}: payload field {clash!r} collides with the envelope column of that name"
         add(t["token_id"])
@@ -104,7 +106,8 @@ def screen(
         rejects.extend(Reject(offsets[i], UNWRITABLE, bad[i]) for i in sorted(bad))
         keep = [i for i in range(len(tokens)) if i not in bad and i not in repeated]
         tokens, offsets = [tokens[i] for i in keep], [offsets[i] for i in keep]
-    return tokens, offsets, _columns(tokens), len(repeated)
+        return tokens, offsets, _columns(tokens), len(repeated)  # fields of the kept rows only
+    return tokens, offsets, list(cols), 0
 
 
 def _columns(tokens: Sequence[Token]) -> list[str]:
