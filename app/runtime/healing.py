@@ -38,13 +38,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from app.journal.events import JournalEvent
 from app.journal.keys import run_key
 from app.journal.reader import load_journal
 from app.journal.writer import Correlation, info_event
 from app.kafka.admin import Admin
 from app.kafka.clients import TxnProducer
-from app.kafka.errors import AccessDenied, LedgerKafkaError
+from app.kafka.errors import AccessDenied, LedgerKafkaError, RetriableKafkaError, classify
 from app.observability.hooks import Hooks
 from app.runtime.batch import ProducerLost, WorkerFenced
 from app.runtime.commit import CommitSeam
@@ -53,6 +55,17 @@ from app.runtime.stage import StageContext
 log = logging.getLogger("ledgerflow.heal")
 
 DEFAULT_ACCESS_WAIT_S = 300.0
+# How long a journal read keeps asking while its broker is away (a bounce: metadata or
+# the partitions' leaders time out, connections are refused) before the stage stops.
+BROKER_AWAY_WAIT_S = 90.0
+_AWAY_NAMES = {"_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "LEADER_NOT_AVAILABLE", "NOT_LEADER_OR_FOLLOWER"}
+
+
+def _broker_away(error: LedgerKafkaError) -> bool:
+    """Whether ``error`` says the broker is unreachable for now (never a refusal or a fatal error)."""
+    if isinstance(error, AccessDenied):
+        return False
+    return isinstance(error, RetriableKafkaError) or error.name in _AWAY_NAMES
 
 
 class StageRefused(RuntimeError):
@@ -332,10 +345,20 @@ def load_journal_healing(
     from app.kafka.txn_tool import HangingToolError
 
     deadline = time.monotonic() + wait_s
+    away_since: float | None = None  # when this read first found the broker away
     while True:
         left = deadline - time.monotonic()
         try:
             return load_journal(bootstrap, journal_topic, extra=extra, timeout=max(1.0, min(attempt_s, left)))
+        except KafkaException as exc:
+            error = classify("read journal", exc)
+            now = time.monotonic()
+            away_since = now if away_since is None else away_since
+            if not _broker_away(error) or now >= deadline or now - away_since >= BROKER_AWAY_WAIT_S:
+                raise
+            log.warning("journal %s: %s; the broker may be restarting, reading again in 1 s", journal_topic, error)
+            time.sleep(1.0)
+            continue
         except TimeoutError as stalled:
             if time.monotonic() >= deadline:
                 raise
