@@ -167,7 +167,10 @@ def _cluster_run(cluster: ClusterEnv, kafka: KafkaEnv, tmp_path: Path, full: boo
     cluster.restore()
     name = f"bf-{uid()}"
     probe = _faults(cluster, name, "-", "-", full)
-    rows = int(RATE * (len(probe) * 22 + 30))
+    # 33 s of input per fault: a loaded CI machine took ~30 s per fault and recovery on
+    # average (input-leader kill 19.7 s, SIGSTOP 25.3 s, proxy cut 32.7 s), and at 22 s the
+    # input ran out before the last two faults could be applied
+    rows = int(RATE * (len(probe) * 33 + 30))
     reference = _reference(kafka, tmp_path / "ref", rows)
     pf = paced_pipeline(tmp_path, name, cluster, rows, RATE)
     run = FaultRun(cluster, pf, tmp_path / "run.log")

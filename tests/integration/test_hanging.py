@@ -17,11 +17,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 
 from app.journal.reader import load_journal
 from app.journal.writer import Correlation
@@ -130,10 +132,19 @@ def _make_hanging(hb: HangBroker, s: dict[str, str], *, foreign: bool) -> None:
 
 
 def _lso_behind(bootstrap: str, tps: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Partitions whose last stable offset is behind the high watermark. Asked again for up
+    to 30 s while the just-restarted broker still answers with a stale leader epoch."""
     admin = Admin(bootstrap)
-    lso = admin.end_offsets(tps, committed_only=True)
-    hwm = admin.end_offsets(tps)
-    return {tp: (lso[tp], hwm[tp]) for tp in tps if lso[tp] < hwm[tp]}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            lso = admin.end_offsets(tps, committed_only=True)
+            hwm = admin.end_offsets(tps)
+            return {tp: (lso[tp], hwm[tp]) for tp in tps if lso[tp] < hwm[tp]}
+        except KafkaException:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_heal_hanging_aborts_ours_and_names_foreign(hb: HangBroker, scenario: dict[str, str]) -> None:
