@@ -340,7 +340,10 @@ def load_journal_healing(
     ``hanging_txn_aborted`` events go to ``queue``, for the next transaction) and the
     read goes on; it keeps trying, checking again each round, until ``wait_s`` (an open
     transaction is only hanging once it is older than ``max_age_ms``), then raises
-    ``TimeoutError``. A foreign hanging transaction raises with the command that aborts it."""
+    ``TimeoutError``. A foreign hanging transaction raises with the command that aborts it.
+    A read that fails because the broker is away (``_broker_away``: a bounce makes metadata
+    or partition leaders time out) is made again each second for up to
+    ``BROKER_AWAY_WAIT_S``, within ``wait_s``; any other Kafka error is raised at once."""
     from app.kafka.hanging import ForeignHangingTransaction, heal_hanging
     from app.kafka.txn_tool import HangingToolError
 
