@@ -136,12 +136,7 @@ def decode_envelope(buf: bytes) -> tuple[str, str | None, bytes, str, str, int |
 
     Raises ``EnvelopeError``, ``IndexError`` or ``UnicodeDecodeError`` on bad input."""
     n = len(buf)
-    b = buf[0]
-    if b < 0x40 and not b & 1:  # ids shorter than 32 bytes, inline (the common case)
-        i = 1 + (b >> 1)
-        tid = buf[1:i]
-    else:
-        tid, i = _str_at(buf, 0, n)
+    tid, i = _str_at(buf, 0, n)
     b = buf[i]
     if b == 0:
         key = None
@@ -153,14 +148,8 @@ def decode_envelope(buf: bytes) -> tuple[str, str | None, bytes, str, str, int |
         raise EnvelopeError(f"bad union branch byte {b} for key")
     payload, i = _str_at(buf, i, n)
     sid, i = _str_at(buf, i, n)
+    pos, i = _str_at(buf, i, n)
     b = buf[i]
-    if b < 0x40 and not b & 1:  # a short source position, inline
-        j = i + 1 + (b >> 1)
-        pos = buf[i + 1 : j]
-        i = j
-    else:
-        pos, i = _str_at(buf, i, n)
-    b = buf[i]  # IndexError when a string ran past the end
     if b == 0:
         ts = None
         i += 1
