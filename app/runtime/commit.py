@@ -279,6 +279,10 @@ class CommitSeam:
         sink = self._sink()
         for p in prepared:
             sink.discard(p)
+        if prepared:
+            log.warning(
+                "%s %s: discarded %d prepared part(s) of the aborted batch", self.stage, self.name, len(prepared)
+            )
 
     def _sink(self) -> Sink:
         if self.sink is None:
