@@ -27,8 +27,3 @@ class Token(TypedDict):
 def child_token_id(parent_id: str, index: int) -> str:
     """Id of the ``index``-th child a transform derives from ``parent_id``."""
     return f"{parent_id}/{index}"
-
-
-def external_token_id(topic: str, partition: int, offset: int) -> str:
-    """Id of a token made on the fly from a record of a topic ledgerflow did not write."""
-    return f"{topic}/{partition}/{offset}"

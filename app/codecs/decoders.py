@@ -52,15 +52,6 @@ def token_decoder(codec: TokenCodec) -> Decoder:
     return run
 
 
-def external_decoder(fn: Callable[..., Token]) -> Decoder:
-    """Decode records of external producers (json/avro/raw) through ``fn``."""
-
-    def run(rec: InputRecord) -> Token:
-        return fn(rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.timestamp_ms)
-
-    return run
-
-
 def dead_letter(pipeline: str, stage: str, rec: InputRecord, error_class: str, message: str) -> bytes:
     """DLQ record for an input record: original bytes, headers and where it came from."""
     return encode_dlq(

@@ -21,11 +21,10 @@ from typing import Any
 import orjson
 from fastavro import schemaless_reader
 
+from app.codecs.decoders import Decoder
 from app.codecs.schemas import load_schema
 from app.codecs.tokens import CodecError
-from app.tokens import Token, external_token_id
-
-ExternalDecoder = Callable[[str, int, int, bytes | None, bytes | None, int | None], Token]
+from app.tokens import Token
 
 
 def jsonable(v: Any) -> Any:
@@ -44,12 +43,34 @@ def jsonable(v: Any) -> Any:
     return v
 
 
-def make_external_decoder(
+def external_decoder(
     fmt: str, schema_file: str | None, payload_decoder: Callable[[bytes], dict[str, Any]] | None = None
-) -> ExternalDecoder:
-    if payload_decoder is not None:
-        payload_of = payload_decoder
-    elif fmt == "json":
+) -> Decoder:
+    """The ``Decoder`` for records of ``fmt``: one call per record builds its token
+    (id ``<topic>/<partition>/<offset>``); a record without a value, or one whose
+    value does not decode, raises ``CodecError`` with the reason class."""
+    payload_of = payload_decoder or _payload_decoder(fmt, schema_file)
+
+    def decode(rec: Any) -> Token:
+        value = rec.value
+        if value is None:
+            raise CodecError("tombstone", "record has no value")
+        topic, partition, offset, key = rec.topic, rec.partition, rec.offset, rec.key
+        return {
+            "token_id": f"{topic}/{partition}/{offset}",
+            "key": key.decode(errors="replace") if key is not None else None,
+            "payload": payload_of(value),
+            "source_id": topic,
+            "source_position": f"{partition}/{offset}",
+            "event_time_ms": rec.timestamp_ms,
+            "lineage": [],
+        }
+
+    return decode
+
+
+def _payload_decoder(fmt: str, schema_file: str | None) -> Callable[[bytes], dict[str, Any]]:
+    if fmt == "json":
 
         def payload_of(value: bytes) -> dict[str, Any]:
             try:
@@ -84,20 +105,4 @@ def make_external_decoder(
 
     else:
         raise ValueError(f"unknown input format {fmt!r}")
-
-    def decode(
-        topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, ts: int | None
-    ) -> Token:
-        if value is None:
-            raise CodecError("tombstone", "record has no value")
-        return {
-            "token_id": external_token_id(topic, partition, offset),
-            "key": key.decode(errors="replace") if key is not None else None,
-            "payload": payload_of(value),
-            "source_id": topic,
-            "source_position": f"{partition}/{offset}",
-            "event_time_ms": ts,
-            "lineage": [],
-        }
-
-    return decode
+    return payload_of

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.codecs.decoders import Decoder, external_decoder, token_decoder
-from app.codecs.external import make_external_decoder
+from app.codecs.decoders import Decoder, token_decoder
+from app.codecs.external import external_decoder
 from app.codecs.registry import RegistryEncoder, SchemaCache, registry_payload_decoder
 from app.codecs.tokens import TokenCodec
 from app.config.pipeline import (
@@ -235,8 +235,8 @@ def _decoder(fmt: str, schema: str | None, schemas: Callable[[], SchemaCache] | 
     if fmt in REGISTRY_FORMATS:  # Confluent-framed: writer schema by the id in each record
         if schemas is None:
             raise ValueError(f"input_format {fmt} needs a registry")
-        return external_decoder(make_external_decoder(fmt, None, registry_payload_decoder(fmt, schemas())))
-    return external_decoder(make_external_decoder(fmt, schema))
+        return external_decoder(fmt, None, registry_payload_decoder(fmt, schemas()))
+    return external_decoder(fmt, schema)
 
 
 class _RegistryLink:

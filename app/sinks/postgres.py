@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
 
 from app.faults import crash_point, fault_point
 from app.sinks.base import SinkFenced
@@ -88,6 +89,45 @@ class Column:
     source: str  # payload field (or "_token_id", "_key", "_event_time_ms")
 
 
+META_FIELDS = {"_token_id": "token_id", "_key": "key", "_event_time_ms": "event_time_ms"}
+
+
+class JsonTextDumper(Dumper):
+    """Payload objects and arrays go to the database as JSON text (type left for the
+    server to infer from the column: ``jsonb``, ``json`` or a text type)."""
+
+    def dump(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+
+def row_plan(columns: Sequence[Column]) -> tuple[list[Column], Any]:
+    """The order the sink writes ``columns`` in (token fields first, then payload
+    fields) and a function from a token to its row in that order. One C-level
+    ``map`` over the payload per row; objects and arrays are dumped as JSON by
+    ``JsonTextDumper`` on the writing cursor, not checked here."""
+    meta = [c for c in columns if c.source in META_FIELDS]
+    fields = [c for c in columns if c.source not in META_FIELDS]
+    names = tuple(c.source for c in fields)
+    keys = [META_FIELDS[c.source] for c in meta]
+    if not keys:
+
+        def row(t: Token) -> tuple[Any, ...]:
+            return tuple(map(t["payload"].get, names))
+
+    elif len(keys) == 1:
+        k = keys[0]
+
+        def row(t: Token) -> tuple[Any, ...]:
+            return (t[k], *map(t["payload"].get, names))  # type: ignore[literal-required]
+
+    else:
+
+        def row(t: Token) -> tuple[Any, ...]:
+            return (*[t[k] for k in keys], *map(t["payload"].get, names))  # type: ignore[literal-required]
+
+    return meta + fields, row
+
+
 @dataclass(frozen=True)
 class PgPartResult:
     written: int
@@ -124,6 +164,7 @@ class PostgresWriter:
         self.use_copy = use_copy
         self.retries = retries
         self._conn: psycopg.Connection[Any] | None = None
+        self._write_order, self._row = row_plan(self.columns)
         names = [c.name for c in self.columns]
         missing = [k for k in self.key if k not in names]
         if missing:
@@ -247,12 +288,16 @@ class PostgresWriter:
         """Upsert ``tokens`` and move the partition's offset ``expected -> next_offset``
         in one DB transaction. Raises ``CasFailed`` (rolled back) if the stored offset
         is not ``expected``."""
-        rows = [self._row(t) for t in tokens]
+        row = self._row
+        rows = [row(t) for t in tokens]
 
         def attempt() -> PgPartResult:
             c = self.conn()
             try:
                 with c.cursor() as cur:
+                    # rows only: the sink's own queries pass lists as arrays
+                    cur.adapters.register_dumper(dict, JsonTextDumper)
+                    cur.adapters.register_dumper(list, JsonTextDumper)
                     self._cas(cur, topic, partition, expected, next_offset)
                     rejects: list[tuple[int, str]] = []
                     self._upsert(cur, rows, 0, rejects, first=True)
@@ -328,22 +373,6 @@ class PostgresWriter:
                 (new, self.sink, topic, partition),
             )
 
-    def _row(self, t: Token) -> tuple[Any, ...]:
-        p = t["payload"]
-        out: list[Any] = []
-        for col in self.columns:
-            src = col.source
-            if src == "_token_id":
-                out.append(t["token_id"])
-            elif src == "_key":
-                out.append(t["key"])
-            elif src == "_event_time_ms":
-                out.append(t["event_time_ms"])
-            else:
-                v = p.get(src)
-                out.append(orjson.dumps(v).decode() if isinstance(v, dict | list) else v)
-        return tuple(out)
-
     def _upsert(
         self, cur: Any, rows: list[tuple[Any, ...]], base: int, rejects: list[tuple[int, str]], first: bool
     ) -> None:
@@ -372,9 +401,9 @@ class PostgresWriter:
 
     def _write_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         table = sql.Identifier(self.table)
-        cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in self.columns)
+        cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in self._write_order)
         key = sql.SQL(", ").join(sql.Identifier(k) for k in self.key)
-        non_key = [c.name for c in self.columns if c.name not in self.key]
+        non_key = [c.name for c in self._write_order if c.name not in self.key]
         update = (
             sql.SQL("DO UPDATE SET ")
             + sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in non_key)

@@ -118,6 +118,43 @@ def test_redelivered_token_ids_upsert_instead_of_duplicating(postgres: Any, use_
     assert w.stored_offsets("in", [0]) == {0: 250}
 
 
+@pytest.mark.parametrize("use_copy", [True, False])
+def test_columns_map_token_fields_and_payload_values_in_spec_order(postgres: Any, use_copy: bool) -> None:
+    """Token fields may sit anywhere among the columns; objects and arrays land as JSON
+    (in ``jsonb`` and in ``text`` columns), a missing field as NULL, on both write paths."""
+    import psycopg
+
+    table = f"mapping_{int(use_copy)}"
+    cols = [
+        Column("amount", "bigint", "amount"),
+        Column("token_id", "text", "_token_id"),
+        Column("doc", "jsonb", "doc"),
+        Column("tags", "text", "tags"),
+        Column("k", "text", "_key"),
+        Column("absent", "text", "absent"),
+        Column("at", "bigint", "_event_time_ms"),
+    ]
+    w = PostgresWriter(table, postgres.dsn, table, cols, ["token_id"], create_table=True, use_copy=use_copy)
+    w.ensure_schema()
+    toks: list[Any] = [
+        {
+            "token_id": f"t{i}",
+            "key": f"key{i}",
+            "event_time_ms": 1_700_000_000_000 + i,
+            "payload": {"amount": i * 10, "doc": {"n": i, "xs": [1, "two"]}, "tags": ["a", f"b{i}"]},
+        }
+        for i in range(3)
+    ]
+    assert w.write_part("in", 0, None, 3, toks, [0, 1, 2]).rejects == []
+    w.close()
+    with psycopg.connect(postgres.dsn) as c:
+        got = c.execute(f"SELECT amount, token_id, doc, tags, k, absent, at FROM {table} ORDER BY token_id").fetchall()
+    assert got == [
+        (i * 10, f"t{i}", {"n": i, "xs": [1, "two"]}, f'["a","b{i}"]', f"key{i}", None, 1_700_000_000_000 + i)
+        for i in range(3)
+    ]
+
+
 def test_logs_are_json_with_correlation_ids_and_never_show_the_password(
     kafka: KafkaEnv, postgres: Any, tmp_path: Path
 ) -> None:

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from app.codecs.dlq import decode_dlq, encode_dlq
 from app.codecs.envelope import EnvelopeError, decode_envelope
-from app.codecs.external import make_external_decoder
+from app.codecs.external import external_decoder
 from app.codecs.schemas import load_schema, schema_fingerprint
 from app.codecs.tokens import CodecError, TokenCodec, check_fingerprint
 from app.journal.events import JournalEvent, PartInfo, decode_event, encode_event
+from app.kafka.clients import InRecord
 from app.sources.base import Checkpoint
 from app.tokens import Token
 
@@ -86,17 +87,28 @@ def test_dlq_round_trip() -> None:
 
 
 def test_external_decoders(tmp_path: object) -> None:
-    js = make_external_decoder("json", None)
-    tok = js("orders", 2, 41, b"k1", b'{"x": 1}', 99)
-    assert tok["token_id"] == "orders/2/41" and tok["payload"] == {"x": 1} and tok["key"] == "k1"
+    js = external_decoder("json", None)
+    tok = js(InRecord("orders", 2, 41, b"k1", b'{"x": 1}', None, 99))
+    assert tok == {
+        "token_id": "orders/2/41",
+        "key": "k1",
+        "payload": {"x": 1},
+        "source_id": "orders",
+        "source_position": "2/41",
+        "event_time_ms": 99,
+        "lineage": [],
+    }
     with pytest.raises(CodecError) as info:
-        js("orders", 0, 1, None, b"[1]", None)
+        js(InRecord("orders", 0, 1, None, b"[1]", None, None))
     assert info.value.reason_class == "json_not_object"
     with pytest.raises(CodecError, match="invalid JSON"):
-        js("orders", 0, 1, None, b"{", None)
-    raw = make_external_decoder("raw", None)
-    assert raw("t", 0, 0, None, b"\xff", None)["payload"] == {"value_b64": "/w=="}
-    assert raw("t", 0, 0, None, b"hi", None)["payload"] == {"value": "hi"}
+        js(InRecord("orders", 0, 1, None, b"{", None, None))
+    with pytest.raises(CodecError) as info:
+        js(InRecord("orders", 0, 2, b"k", None, None, None))
+    assert info.value.reason_class == "tombstone"
+    raw = external_decoder("raw", None)
+    assert raw(InRecord("t", 0, 0, None, b"\xff", None, None))["payload"] == {"value_b64": "/w=="}
+    assert raw(InRecord("t", 0, 0, None, b"hi", None, None))["payload"] == {"value": "hi"}
 
 
 def test_external_avro_decoder(tmp_path: object) -> None:
@@ -111,10 +123,10 @@ def test_external_avro_decoder(tmp_path: object) -> None:
     path.write_text(json.dumps(schema))
     buf = BytesIO()
     schemaless_writer(buf, parse_schema(schema), {"a": 5, "b": b"\x01"})
-    dec = make_external_decoder("avro", str(path))
-    assert dec("t", 0, 3, None, buf.getvalue(), None)["payload"] == {"a": 5, "b": "AQ=="}
+    dec = external_decoder("avro", str(path))
+    assert dec(InRecord("t", 0, 3, None, buf.getvalue(), None, None))["payload"] == {"a": 5, "b": "AQ=="}
     with pytest.raises(CodecError) as info:
-        dec("t", 0, 4, None, b"", None)
+        dec(InRecord("t", 0, 4, None, b"", None, None))
     assert info.value.reason_class == "avro_decode"
 
 
