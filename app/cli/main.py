@@ -34,7 +34,9 @@ from app.cli.topics_cmd import topics_group
 def cli(log_level: str, log_format: str | None) -> None:
     """ledgerflow: Kafka stream processing with exactly-once sinks."""
     from app.observability.logs import configure
+    from app.runtime.memory import prefer_system_arrow_pool
 
+    prefer_system_arrow_pool()
     configure(log_level, log_format or ("text" if sys.stderr.isatty() else "json"))
 
 

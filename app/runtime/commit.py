@@ -160,7 +160,8 @@ class CommitSeam:
         except BaseException:
             self._discard(prepared)
             raise
-        crash_point("sink.after_prepare")
+        if prepared:  # a batch that only journals earlier parts' finalization prepares nothing
+            crash_point("sink.after_prepare")
         outcomes: list[Outcome] = []
         if sink.external:
             try:
@@ -219,7 +220,7 @@ class CommitSeam:
             seconds=time.perf_counter() - started,
         )
         self.hooks.on_commit(report)  # 7
-        if sink.two_phase:
+        if sink.two_phase and committed:
             crash_point("sink.after_commit_before_finalize")
             self._finalize(committed)  # 8
         return report

@@ -43,6 +43,9 @@ def _m(description: str, *subs: tuple[str, str]) -> Mutation:
 PREPARE_LOOP = """            for part in parts:
                 prepared.append(sink.prepare(part))  # 1 the sink's acknowledgement
 """
+AFTER_PREPARE = """        if prepared:  # a batch that only journals earlier parts' finalization prepares nothing
+            crash_point("sink.after_prepare")
+"""
 EXTERNAL_BLOCK = """        outcomes: list[Outcome] = []
         if sink.external:
             try:
@@ -131,8 +134,8 @@ MUTATIONS: list[Mutation] = [
     _m(
         "commit_parts: crash point sink.after_prepare / commit_external",
         (
-            '        crash_point("sink.after_prepare")\n' + EXTERNAL_BLOCK,
-            EXTERNAL_BLOCK + '        crash_point("sink.after_prepare")\n',
+            AFTER_PREPARE + EXTERNAL_BLOCK,
+            EXTERNAL_BLOCK + AFTER_PREPARE,
         ),
     ),
     _m(

@@ -452,11 +452,11 @@ def test_part_finalized_rides_in_the_next_transaction(rig: Any) -> None:
     ]
     kinds = [(ev.kind, ev.part.first_offset) for ev in r.producer.journal if ev.part is not None]
     assert kinds == [("part_committed", 0), ("part_finalized", 0), ("part_committed", 2)]
-    # an idle runner flushes the queued events with an empty batch
+    # an idle runner flushes the queued events with an empty batch; it passes no point
+    # that only a batch of parts has (so "hit N" of those points counts batches of rows)
     mark = len(r.ev)
     r.seam.commit_parts([])
     assert r.ev[mark:] == [
-        "crash:sink.after_prepare",
         "begin",
         "crash:sink.after_produce",
         f"journal part_finalized {_key('t', 0, 2)}",
@@ -465,7 +465,6 @@ def test_part_finalized_rides_in_the_next_transaction(rig: Any) -> None:
         "commit",
         "crash:sink.after_commit",
         "on_commit",
-        "crash:sink.after_commit_before_finalize",
     ]
     assert not r.seam.has_pending
 
