@@ -2,7 +2,7 @@
 
 Arrow's default allocator (mimalloc in the pyarrow wheels) keeps freed pages for
 reuse. A sink stage writing Parquet parts over a 1,000,000-row backlog peaked about
-30 MB higher with it than with the system allocator, at the same rate
+25 MB higher with it than with the system allocator, at the same CPU per row
 (docs/benchmarks.md, "Memory"). The operator's own ``ARROW_DEFAULT_MEMORY_POOL``
 (``mimalloc``, ``jemalloc`` or ``system``) always wins.
 """

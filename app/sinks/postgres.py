@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +100,7 @@ class JsonTextDumper(Dumper):
         return orjson.dumps(obj)
 
 
-def row_plan(columns: Sequence[Column]) -> tuple[list[Column], Any]:
+def row_plan(columns: Sequence[Column]) -> tuple[list[Column], Callable[[Token], tuple[Any, ...]]]:
     """The order the sink writes ``columns`` in (token fields first, then payload
     fields) and a function from a token to its row in that order. One C-level
     ``map`` over the payload per row; objects and arrays are dumped as JSON by

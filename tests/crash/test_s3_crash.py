@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def test_s3_crash_point(
     assert hanging_transactions(kafka, f"ledgerflow.{name}.") == []
 
 
+def _wait_recovered(log: Path, proc: subprocess.Popen[bytes], partitions: int, timeout: float) -> None:
+    """Wait until the sink worker logging to ``log`` has recovered partitions 0..n-1."""
+    deadline = time.monotonic() + timeout
+    seen: set[int] = set()
+    while time.monotonic() < deadline:
+        for listed in re.findall(r"recovered \[(.*?)\]:", log.read_text() if log.exists() else ""):
+            seen.update(int(p) for p in re.findall(r", (\d+)\)", listed))
+        if seen >= set(range(partitions)):
+            return
+        assert proc.poll() is None, f"worker exited early: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{log.name}: recovered only partitions {sorted(seen)} after {timeout}s")
+
+
 def test_s3_zombie_sink_worker_never_lands_a_part(kafka: KafkaEnv, s3: S3Env, tmp_path: Path) -> None:
     """A sink worker stops itself after uploading its 3rd part (uncompleted multipart
     uploads) and stays stopped past the session timeout; another worker takes its
@@ -128,12 +143,13 @@ def test_s3_zombie_sink_worker_never_lands_a_part(kafka: KafkaEnv, s3: S3Env, tm
             popen(pf.spec, "--stage", "sink", "--worker-id", "s2", log=logs["s2"]),
         ]
         wait_log(logs["s1"], "pause point sink.after_prepare hit #3", s1, timeout=120)
-        time.sleep(12)  # past session.timeout.ms: s2 owns every partition
+        # s1's session expires (session.timeout.ms) and s2 recovers every partition
+        _wait_recovered(logs["s2"], procs[-1], 4, timeout=60)
         s1.send_signal(signal.SIGCONT)
         wait_log(logs["s1"], "batch aborted", s1, timeout=60)  # its transaction was refused
-        # The zombie's prepared uploads existed and were discarded: by s2's recovery, or, when
-        # s1 lost its session before the pause (a loaded machine starves heartbeats) so that
-        # s2 recovered first, by the zombie itself when its transaction was refused.
+        # The zombie's prepared uploads existed and were discarded: by s2's recovery, or by
+        # the zombie itself when its transaction was refused (when s2 recovered a partition
+        # before the zombie prepared on it: s1's session can lapse on a loaded machine).
         by_s2 = [int(n) for n in re.findall(r"recovered .*?(\d+) staging file\(s\) discarded", logs["s2"].read_text())]
         by_s1 = [
             int(n)
