@@ -42,6 +42,29 @@ def test_committed_visible_aborted_invisible(kafka: KafkaEnv, unique: Callable[[
     assert Admin(kafka.bootstrap).end_offsets([(topic, 0)])[(topic, 0)] == 9
 
 
+def test_produce_batch_positional_headers(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
+    """``produce_batch`` passes every argument positionally (the C signature's order):
+    the records arrive with their keys, the given partition, the headers, a broker-side
+    "now" timestamp, and the last record's offset reaches ``on_last``."""
+    topic = _topic(kafka, unique("pos"), partitions=2)
+    producer = TxnProducer(kafka.bootstrap, unique("tx-pos"))
+    producer.init()
+    producer.begin()
+    last: list[int] = []
+    before = int(time.time() * 1000)
+    headers = [("lf.schema", b"fp-1"), ("x", b"2")]
+    producer.produce_batch(
+        topic, [b"v1", b"v2", b"v3"], [b"k1", None, b"k3"], headers, partition=1, on_last=last.append
+    )
+    producer.commit()
+    producer.serve_callbacks()
+    recs = read_topic_to_end(kafka.bootstrap, topic)
+    assert [(r.partition, r.key, r.value) for r in recs] == [(1, b"k1", b"v1"), (1, None, b"v2"), (1, b"k3", b"v3")]
+    assert all(list(r.headers or []) == headers for r in recs)
+    assert all(r.timestamp_ms is not None and before - 1000 <= r.timestamp_ms <= before + 60_000 for r in recs)
+    assert last == [2]
+
+
 def test_same_transactional_id_fences_the_first(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
     topic = _topic(kafka, unique("fence"))
     txn_id = unique("tx-shared")
