@@ -125,7 +125,9 @@ def _filter_op(step: FilterStep, label: str) -> Op:
             if not _fits(col.type, value):
                 raise Fallback(f"filter {name!r} {op} {value!r} on {col.type}")
             mask = _COMPARE[op](col, value)
-        rows.keep(pc.and_kleene(mask, pc.is_valid(col)).fill_null(False).to_pylist(), label)
+        kept = pc.and_kleene(mask, pc.is_valid(col)).fill_null(False)
+        if not pc.all(kept).as_py():  # a filter that keeps every row leaves the batch as it is
+            rows.keep(kept.to_pylist(), label)
 
     return run
 
