@@ -451,12 +451,16 @@ class Transform(_Model):
 class PartSettings(_Model):
     """When a sink cuts a part: at ``max_rows``, ``max_bytes`` or ``max_age_ms``, or once
     its input has been idle for ``idle_ms`` (0: at the first poll that returns nothing;
-    unset: the sink type's default, see ``_SinkBase.idle_ms``)."""
+    unset: the sink type's default, see ``_SinkBase.idle_ms``). ``max_open_rows`` bounds
+    the rows a sink worker holds in open parts over all its partitions: it never reads
+    past it, and on reaching it cuts its largest open parts until it holds half (parts
+    come out smaller than ``max_rows`` while several partitions fill at once)."""
 
     max_rows: int = Field(default=50_000, gt=0)
     max_bytes: int = Field(default=64 << 20, gt=0)
     max_age_ms: int = Field(default=5_000, gt=0)
     idle_ms: int | None = Field(default=None, ge=0)
+    max_open_rows: int = Field(default=50_000, gt=0)
 
 
 # Lake sinks wait 1 s of idle input before cutting: every part is an object or a

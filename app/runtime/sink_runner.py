@@ -44,6 +44,7 @@ class PartLimits:
     max_bytes: int = 64 << 20
     max_age_s: float = 5.0
     idle_s: float = 0.0  # cut every open part once input has been idle this long
+    max_open_rows: int = 50_000  # rows held in open parts across all partitions (the memory bound)
 
 
 @dataclass(slots=True)
@@ -164,7 +165,8 @@ class SinkRunner(ConsumingRunner):
     # -- main loop ---------------------------------------------------------------------
     def step(self) -> bool:
         ctx = self.ctx
-        recs = self.consumer.consume(ctx.max_rows, ctx.interval_s)
+        room = self.limits.max_open_rows - sum(len(p.records) for p in self.open.values())
+        recs = self.consumer.consume(max(1, min(ctx.max_rows, room)), ctx.interval_s)
         for rec in recs:
             tp = (rec.topic, rec.partition)
             part = self.open.get(tp)
@@ -192,12 +194,23 @@ class SinkRunner(ConsumingRunner):
         return False
 
     def _due(self, idle: bool) -> list[TP]:
+        """The open parts to cut now: those at a limit of their own, and, while the worker
+        holds ``max_open_rows`` or more in open parts, the largest others until it holds at
+        most half of that (memory bounded however many partitions it is assigned)."""
         lim, now = self.limits, time.monotonic()
-        return [
+        due = [
             tp
             for tp, p in self.open.items()
             if idle or len(p.records) >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s
         ]
+        rest = sorted((tp for tp in self.open if tp not in due), key=lambda tp: len(self.open[tp].records))
+        held = sum(len(self.open[tp].records) for tp in rest)
+        if held >= lim.max_open_rows:
+            while rest and held > lim.max_open_rows // 2:
+                tp = rest.pop()
+                due.append(tp)
+                held -= len(self.open[tp].records)
+        return due
 
     def _commit(self, due: list[TP]) -> None:
         parts = [self.open[tp] for tp in due]

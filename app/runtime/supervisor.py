@@ -415,7 +415,13 @@ class Supervisor:
                 self.workers.append(Worker("transform", runner))
         if want("sink"):
             for sk in spec.sinks:
-                limits = PartLimits(sk.part.max_rows, sk.part.max_bytes, sk.part.max_age_ms / 1000, sk.idle_ms / 1000)
+                limits = PartLimits(
+                    sk.part.max_rows,
+                    sk.part.max_bytes,
+                    sk.part.max_age_ms / 1000,
+                    sk.idle_ms / 1000,
+                    sk.part.max_open_rows,
+                )
                 sink: Sink
                 if isinstance(sk, PostgresSink):
                     from app.sinks.pg_sink import PostgresSink as PgSink  # psycopg only where used

@@ -14,7 +14,19 @@ import pytest
 
 from app.kafka.clients import TxnProducer
 from tests.conftest import KafkaEnv
-from tests.harness import LEDGERFLOW, REPO, popen, read_dlq, sink_lines, token_ids, uid, wait_for_rows, write_pipeline
+from tests.harness import (
+    LEDGERFLOW,
+    REPO,
+    assert_exactly_once,
+    popen,
+    read_dlq,
+    run,
+    sink_lines,
+    token_ids,
+    uid,
+    wait_for_rows,
+    write_pipeline,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +147,23 @@ def test_demo_command_reports_what_this_run_committed(kafka: KafkaEnv, tmp_path:
     )
     assert "transform shape" not in second, second  # nothing committed by the re-run: nothing claimed
     assert "already committed by an earlier run, so this run added nothing" in second, second
+
+
+def test_sink_holds_at_most_max_open_rows_over_all_partitions(kafka: KafkaEnv, tmp_path: Path) -> None:
+    """A sink worker over a backlog on three partitions never holds more than
+    ``part.max_open_rows`` in open parts: every part it writes is within that bound
+    (without it each partition's part would hold its whole 2,000-row share), and every
+    row still lands exactly once."""
+    name = f"openrows-{uid()}"
+    pf = write_pipeline(tmp_path, name, kafka, rows=6_000, partitions=3, part_rows=5_000)
+    spec = pf.spec.read_text().replace("part: {max_rows: 5000,", "part: {max_open_rows: 600, max_rows: 5000,")
+    pf.spec.write_text(spec)
+    for stage in ("source", "transform"):  # the sink starts over a full backlog
+        r = run(pf.spec, "--stage", stage)
+        assert r.returncode == 0, r.stderr[-3000:]
+    r = run(pf.spec, "--stage", "sink")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(kafka, pf, {f"gen:{i}" for i in range(6_000)})
+    sizes = [len(f.read_bytes().splitlines()) for f in pf.out.rglob("*.ndjson") if "_staging" not in f.parts]
+    assert max(sizes) <= 600, sizes
+    assert len(sizes) >= 10, sizes
