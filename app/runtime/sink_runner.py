@@ -198,18 +198,21 @@ class SinkRunner(ConsumingRunner):
         holds ``max_open_rows`` or more in open parts, the largest others until it holds at
         most half of that (memory bounded however many partitions it is assigned)."""
         lim, now = self.limits, time.monotonic()
-        due = [
-            tp
-            for tp, p in self.open.items()
-            if idle or len(p.records) >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s
-        ]
-        rest = sorted((tp for tp in self.open if tp not in due), key=lambda tp: len(self.open[tp].records))
-        held = sum(len(self.open[tp].records) for tp in rest)
-        if held >= lim.max_open_rows:
-            while rest and held > lim.max_open_rows // 2:
-                tp = rest.pop()
+        due: list[TP] = []
+        rest: list[tuple[int, TP]] = []  # (rows held, partition) of the parts not due
+        for tp, p in self.open.items():
+            n = len(p.records)
+            if idle or n >= lim.max_rows or p.nbytes >= lim.max_bytes or now - p.opened >= lim.max_age_s:
                 due.append(tp)
-                held -= len(self.open[tp].records)
+            else:
+                rest.append((n, tp))
+        held = sum(n for n, _tp in rest)
+        if held >= lim.max_open_rows:
+            rest.sort()
+            while rest and held > lim.max_open_rows // 2:
+                n, tp = rest.pop()
+                due.append(tp)
+                held -= n
         return due
 
     def _commit(self, due: list[TP]) -> None:

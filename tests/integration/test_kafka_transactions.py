@@ -44,8 +44,8 @@ def test_committed_visible_aborted_invisible(kafka: KafkaEnv, unique: Callable[[
 
 def test_produce_batch_positional_headers(kafka: KafkaEnv, unique: Callable[[str], str]) -> None:
     """``produce_batch`` passes every argument positionally (the C signature's order):
-    the records arrive with their keys, the given partition, the headers, a broker-side
-    "now" timestamp, and the last record's offset reaches ``on_last``."""
+    the records arrive with their keys, the given partition, the headers, a "now"
+    timestamp, and the last record's offset reaches ``on_last``."""
     topic = _topic(kafka, unique("pos"), partitions=2)
     producer = TxnProducer(kafka.bootstrap, unique("tx-pos"))
     producer.init()
