@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -65,6 +66,13 @@ def test_bad_input_goes_to_dlq_and_good_rows_land_once(kafka: KafkaEnv, tmp_path
         p.commit()
         good = [i for i in range(1, 2001) if i % 97]
         rows = wait_for_rows(pf.out, len(good), proc=proc)  # type: ignore[attr-defined]
+        # the good rows can all land before the transform reads the late garbage record:
+        # stop only once that record is in the DLQ
+        deadline = time.monotonic() + 60
+        while not any(d["error_class"] == "avro_decode" for d in read_dlq(kafka, f"{name}.dlq")):
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the undecodable record never reached the DLQ"
+            time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
