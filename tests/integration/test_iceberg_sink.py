@@ -110,8 +110,10 @@ def test_compaction_while_the_sink_runs(kafka: KafkaEnv, postgres: Any, tmp_path
     refused by the catalog, it re-reads the table, finds its offset unchanged and
     retries; every row lands exactly once and the offsets stay consistent."""
     rows = 12_000
+    # 600 rows/s: the sink runs ~20 s, room for several compactions (each a CLI process
+    # of a few seconds) even on a loaded machine; at 1,500 rows/s a CI run fit only one
     p = write_iceberg_pipeline(
-        tmp_path, f"ice-cmpr-{uid()}", kafka, catalog_uri(postgres), rows=rows, rate=1500, part_rows=300
+        tmp_path, f"ice-cmpr-{uid()}", kafka, catalog_uri(postgres), rows=rows, rate=600, part_rows=300
     )
     log = tmp_path / "run.log"
     proc = popen(p.spec, "--worker-id", "w1", "--exit-when-done", log=log)
